@@ -1,0 +1,31 @@
+"""attnvis: show where a transformer looks.
+
+Public API (imported lazily so that ``import attnvis`` stays fast):
+
+- :func:`visualize_attention_on_image` — one image, every layer, files on disk.
+- :func:`register_attention_hooks` — capture attention maps from any model.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("attnvis")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["__version__", "visualize_attention_on_image", "register_attention_hooks"]
+
+_LAZY = {
+    "visualize_attention_on_image": "attnvis.api",
+    "register_attention_hooks": "attnvis.export.capture",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnvis' has no attribute {name!r}")

@@ -1,0 +1,19 @@
+"""Exceptions for bad input. The CLI prints their message as one line and exits non-zero."""
+
+
+class AttnvisError(Exception):
+    """Base class: the message names the bad value and what to do."""
+
+    exit_code = 2
+
+
+class InputError(AttnvisError):
+    """A file or argument given by the user is missing, unreadable or out of range."""
+
+
+class ModelError(AttnvisError):
+    """A model cannot be loaded, exported or has no supported attention module."""
+
+
+class DeviceError(AttnvisError):
+    """The requested device or execution provider cannot be used."""

@@ -1,0 +1,68 @@
+"""Images in, model input out: decoding and the preprocessing the metadata describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from attnvis.errors import InputError
+from attnvis.export.metadata import Preprocess
+
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 (H, W, 3).
+
+    ``cv2.imdecode`` rejects truncated files that ``cv2.imread`` would
+    silently fill with grey, so decoding goes through it.
+    """
+    if not data:
+        raise InputError(f"{name}: the file is empty; give a PNG/JPEG/WebP/BMP/TIFF image")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"{name}: cannot decode the image (corrupt, truncated or not an image); give a readable PNG/JPEG file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3), with one clear error if it cannot be."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"image not found: {path}") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise InputError(f"cannot read image {path}: {err.strerror}") from None
+    return decode_image(data, str(path))
+
+
+def _resize(image: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Resize (and center-crop when ``resize_short``) to ``pre.size`` with PIL, as timm/HF/torchvision do."""
+    out_h, out_w = pre.size
+    pil = Image.fromarray(image)
+    resample = _PIL_FILTERS.get(pre.interpolation, Image.BILINEAR)
+    if not pre.resize_short:
+        return np.asarray(pil.resize((out_w, out_h), resample))
+    short = int(round(min(out_h, out_w) / pre.crop_pct))
+    w, h = pil.size
+    scale = short / min(w, h)
+    pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+    left, top = (pil.size[0] - out_w) // 2, (pil.size[1] - out_h) // 2
+    return np.asarray(pil.crop((left, top, left + out_w, top + out_h)))
+
+
+def preprocess(images: list[np.ndarray], pre: Preprocess) -> np.ndarray:
+    """RGB uint8 images → float32 (B, 3, H, W) normalized as the model expects."""
+    batch = np.empty((len(images), 3, *pre.size), np.float32)
+    mean = np.asarray(pre.mean, np.float32)[:, None, None]
+    std = np.asarray(pre.std, np.float32)[:, None, None]
+    for i, image in enumerate(images):
+        x = _resize(image, pre)
+        if pre.channel_order.upper() == "BGR":
+            x = x[..., ::-1]
+        batch[i] = (x.transpose(2, 0, 1).astype(np.float32) * np.float32(pre.scale) - mean) / std
+    return batch

@@ -1,0 +1,95 @@
+"""ONNX Runtime session over an attnvis export: CUDA when usable, else CPU, never silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from attnvis.errors import DeviceError, InputError, ModelError
+from attnvis.export.metadata import ModelMetadata
+from attnvis.runtime.maps import AttentionMaps
+from attnvis.runtime.preprocess import preprocess
+
+DEVICES = ("auto", "cuda", "cpu")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise InputError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return [CPU]
+    # get_available_providers() lists CUDA whenever the GPU wheel is installed, GPU or not:
+    # only session.get_providers() says what is really used.
+    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+
+
+def _options(threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # a missing GPU is reported by us, once, not by ORT's C++ log
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+class OrtSession:
+    """One ORT session over an ``.onnx`` file made by attnvis.
+
+    Args:
+        path: the model file.
+        device: ``auto`` (CUDA if usable, else CPU; see :attr:`provider`),
+            ``cuda`` (an error if CUDA is not usable) or ``cpu``.
+        threads: intra-op threads; ``None`` lets ORT use every core.
+    """
+
+    backend = "ort"
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"model file not found: {path}")
+        providers = _providers(device)
+        try:
+            self.session = ort.InferenceSession(str(path), _options(threads), providers=providers)
+        except Exception as err:  # ORT raises its own exception types for corrupt files
+            raise ModelError(f"cannot load {path} with ONNX Runtime: {str(err).splitlines()[0]}") from None
+        self.providers = self.session.get_providers()
+        if device == "cuda" and CUDA not in self.providers:
+            raise DeviceError("--device cuda: the CUDA execution provider is not usable here (no GPU, driver or CUDA libraries); use --device cpu or auto")
+        try:
+            self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
+        except ValueError as err:
+            raise ModelError(f"{path}: {err}; export it with 'attnvis export'") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def provider(self) -> str:
+        """The provider actually running the graph."""
+        return self.providers[0]
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    def run(self, *inputs: np.ndarray) -> AttentionMaps:
+        """Run a prepared batch (one array per model input)."""
+        if len(inputs) != len(self.input_names):
+            raise InputError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}")
+        feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
+        return AttentionMaps.split(self.session.run(self.output_names, feeds), self.metadata)
+
+    def run_images(self, images: list[np.ndarray]) -> AttentionMaps:
+        """Preprocess RGB uint8 images as the metadata says, then run them as one batch."""
+        if self.metadata.preprocess is None:
+            raise ModelError("this model's metadata has no image preprocessing; it takes tensors, not images")
+        return self.run(preprocess(images, self.metadata.preprocess))
