@@ -68,20 +68,34 @@ def layer_images(attn: np.ndarray, meta: ModelMetadata, options: VisualizeOption
     return [("", attention_grid(attn, meta.tokens, head=options.head))]
 
 
+def layer_files(
+    attn: list[np.ndarray], image: np.ndarray, meta: ModelMetadata, layers: list[int], options: VisualizeOptions,
+    *, parallel: bool = True,
+) -> list[tuple[str, np.ndarray]]:
+    """(file name, RGB image) pairs with the seed guide's names for one image's chosen layers.
+
+    ``attn[i]`` is layer ``i``'s map of this image (no batch axis). Shared by
+    ``visualize`` and ``batch`` so both write the same files; ``parallel=False``
+    for callers that already parallelize over images.
+    """
+    from attnvis.render import render_map
+
+    files = []
+    for i in layers:
+        name = safe_name(meta.layers[i].name)
+        for suffix, grid in layer_images(attn[i], meta, options):
+            heatmap, overlay = render_map(grid, image, colormap=options.colormap, alpha=options.alpha, parallel=parallel)
+            files.append((f"attn_map_layer_{i}_{name}{suffix}.{options.format}", overlay))
+            files.append((f"heatmap_layer_{i}_{name}{suffix}.{options.format}", heatmap))
+    return files
+
+
 def render_layers(maps, image: np.ndarray, out: Path, layers: list[int], options: VisualizeOptions) -> list[Path]:
     """Write the seed guide's files for each chosen layer of batch item 0."""
-    from attnvis.render import render_map, write_image
+    from attnvis.render import write_image
 
-    jobs, files = [], []
-    for i in layers:
-        name = safe_name(maps.metadata.layers[i].name)
-        for suffix, grid in layer_images(maps[i][0], maps.metadata, options):
-            heatmap, overlay = render_map(grid, image, colormap=options.colormap, alpha=options.alpha)
-            ext = "jpg" if options.format == "jpg" else options.format
-            jobs.append((out / f"attn_map_layer_{i}_{name}{suffix}.{ext}", overlay))
-            jobs.append((out / f"heatmap_layer_{i}_{name}{suffix}.{ext}", heatmap))
-        if options.save_raw:
-            files.append(_save_npy(out / f"attn_raw_layer_{i}.npy", maps[i][:1]))
+    jobs = [(out / name, rgb) for name, rgb in layer_files([m[0] for m in maps.maps], image, maps.metadata, layers, options)]
+    files = [_save_npy(out / f"attn_raw_layer_{i}.npy", maps[i][:1]) for i in layers] if options.save_raw else []
     with ThreadPoolExecutor() as pool:  # PNG encoding releases the GIL
         list(pool.map(lambda job: write_image(job[0], job[1], options.format), jobs))
     return [path for path, _ in jobs] + files

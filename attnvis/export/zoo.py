@@ -383,15 +383,18 @@ def _hf_model(path: Path, config) -> nn.Module:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Loading CLIP's vision tower from a full CLIP directory lists every unused text weight."""
+    """No progress bars, and no list of every unused text weight when CLIP's vision tower is loaded."""
     from transformers.utils import logging
 
-    level = logging.get_verbosity()
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _takes_interpolate(model: nn.Module) -> bool:

@@ -175,7 +175,7 @@ def _shape_points(label: int, rng: np.random.Generator) -> np.ndarray:
 def _object_mask(rng: np.random.Generator, label: int, height: int, width: int) -> np.ndarray:
     """Anti-aliased mask (H, W) in [0, 1] of the object, fully inside the image."""
     radius = rng.uniform(22, 48)
-    margin = radius + 4
+    margin = radius + 12  # keep clear of the border, where a resized map's plateau would sit
     cx, cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
     mask = np.zeros((height, width), np.float32)
     shift = 4  # cv2 sub-pixel precision: coordinates in 1/16 px
@@ -219,6 +219,35 @@ class TinyViTConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+
+class ConvStem(nn.Module):
+    """Patch embedding as a small stride-2 conv stack: one token per ``patch`` × ``patch`` cell.
+
+    Early convolutions make a small ViT train far faster than one linear
+    projection per patch (Xiao et al., 2021) and keep each token local.
+    """
+
+    def __init__(self, dim: int, patch: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for out in _stem_widths(dim, patch):
+            layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.GELU()]
+            channels = out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(x))  # (B, dim, H / patch, W / patch)
+
+
+def _stem_widths(dim: int, patch: int) -> list[int]:
+    """Channel widths of the stride-2 convs that reduce by ``patch`` (a power of two)."""
+    steps = int(math.log2(patch))
+    if 2**steps != patch:
+        raise ValueError(f"patch size must be a power of two, got {patch}")
+    return [dim // 2 ** (steps - i) for i in range(1, steps + 1)]
 
 
 class Attention(nn.Module):
@@ -270,7 +299,7 @@ class TinyViT(nn.Module):
         super().__init__()
         self.config = config
         tokens = 1 + config.grid**2
-        self.patch_embed = nn.Conv2d(3, config.dim, config.patch_size, stride=config.patch_size)
+        self.patch_embed = ConvStem(config.dim, config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, tokens, config.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth))

@@ -8,6 +8,7 @@ heat, alpha, 0)`` up to float32 rounding (see ``tests/render``).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,9 @@ import numpy as np
 from attnvis.render.colormaps import DEFAULT_COLORMAP, colormap_table
 
 _threading_set = False
+# numba's workqueue layer (the project's choice) must not run two parallel kernels at once:
+# concurrent callers of the parallel variant take turns; the serial variant needs no lock.
+_PARALLEL_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -108,9 +112,13 @@ def render_map(
     vmin, vmax, use_range = _range_args(scale)
     heat, over = np.empty_like(image), np.empty_like(image)
     k = _kernels(parallel)
-    kernel = k.render_grid_parallel if parallel else k.render_grid_serial
     flat = image.reshape(image.shape[0], -1)  # (H, 3W): rows as flat bytes vectorize better
-    kernel(grid, flat, lut, alpha, vmin, vmax, use_range, heat.reshape(flat.shape), over.reshape(flat.shape))
+    args = (grid, flat, lut, alpha, vmin, vmax, use_range, heat.reshape(flat.shape), over.reshape(flat.shape))
+    if parallel:
+        with _PARALLEL_LOCK:
+            k.render_grid_parallel(*args)
+    else:
+        k.render_grid_serial(*args)
     return heat, over
 
 
@@ -182,3 +190,15 @@ def render_regions(
         values, flat, lut, alpha, vmin, vmax, use_range, heat.reshape(flat.shape), over.reshape(flat.shape)
     )
     return heat, over
+
+
+def global_scale(grids) -> Scale:
+    """One :class:`Scale` spanning every map given (global normalization across layers/heads).
+
+    Bilinear upsampling never leaves a grid's [min, max], so the grids' range
+    is the upsampled maps' range.
+    """
+    lows, highs = zip(*((float(np.min(g)), float(np.max(g))) for g in grids)) if len(grids) else ((), ())
+    if not lows:
+        raise ValueError("global_scale needs at least one map")
+    return Scale(vmin=min(lows), vmax=max(highs))

@@ -49,9 +49,10 @@ def _resize(image: np.ndarray, pre: Preprocess) -> np.ndarray:
         return np.asarray(pil.resize((out_w, out_h), resample))
     short = int(round(min(out_h, out_w) / pre.crop_pct))
     w, h = pil.size
-    scale = short / min(w, h)
-    pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
-    left, top = (pil.size[0] - out_w) // 2, (pil.size[1] - out_h) // 2
+    # torchvision's Resize(int) / CenterCrop arithmetic (timm and HF pipelines use it too).
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    pil = pil.resize(size, resample)
+    left, top = int(round((size[0] - out_w) / 2.0)), int(round((size[1] - out_h) / 2.0))
     return np.asarray(pil.crop((left, top, left + out_w, top + out_h)))
 
 

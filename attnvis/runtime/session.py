@@ -14,6 +14,21 @@ from attnvis.runtime.preprocess import preprocess
 DEVICES = ("auto", "cuda", "cpu")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+_NO_CUDA = "ONNX Runtime's CUDA execution provider is not usable here (no GPU, NVIDIA driver or CUDA libraries); use --device cpu or auto"
+
+
+def _driver_present() -> bool:
+    """Whether the CUDA driver library loads; without it ORT's CUDA provider cannot."""
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return True  # let ORT decide
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def _providers(device: str) -> list[str]:
@@ -25,7 +40,13 @@ def _providers(device: str) -> list[str]:
         return [CPU]
     # get_available_providers() lists CUDA whenever the GPU wheel is installed, GPU or not:
     # only session.get_providers() says what is really used.
-    return [CUDA, CPU] if CUDA in ort.get_available_providers() else [CPU]
+    usable = CUDA in ort.get_available_providers() and _driver_present()
+    if device == "cuda" and not usable:
+        raise DeviceError(f"--device cuda: {_NO_CUDA}")
+    if not usable:
+        return [CPU]
+    ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported by us, once
+    return [CUDA, CPU]
 
 
 def _options(threads: int | None):
@@ -64,7 +85,7 @@ class OrtSession:
             raise ModelError(f"cannot load {path} with ONNX Runtime: {str(err).splitlines()[0]}") from None
         self.providers = self.session.get_providers()
         if device == "cuda" and CUDA not in self.providers:
-            raise DeviceError("--device cuda: the CUDA execution provider is not usable here (no GPU, driver or CUDA libraries); use --device cpu or auto")
+            raise DeviceError(f"--device cuda: {_NO_CUDA}")
         try:
             self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
         except ValueError as err:

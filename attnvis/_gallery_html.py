@@ -1,0 +1,149 @@
+"""The static page of :mod:`attnvis.gallery` (kept as a string so it installs with the code)."""
+
+INDEX_HTML = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{TITLE}}</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 0; background: #111; color: #ddd; }
+  header { padding: 10px 16px; background: #1c1c1c; position: sticky; top: 0; z-index: 2; display: flex; gap: 16px; align-items: center; flex-wrap: wrap; }
+  header h1 { font-size: 16px; margin: 0; }
+  button { background: #2a2a2a; color: #ddd; border: 1px solid #444; border-radius: 4px; padding: 3px 9px; cursor: pointer; font: inherit; }
+  button.on { background: #3b6fd4; border-color: #3b6fd4; color: #fff; }
+  button:disabled { opacity: .4; cursor: default; }
+  #grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 10px; padding: 16px; }
+  .card { margin: 0; background: #1c1c1c; border-radius: 6px; overflow: hidden; cursor: pointer; }
+  .card img { width: 100%; display: block; }
+  .card figcaption { padding: 4px 8px; font-size: 12px; word-break: break-all; }
+  .card .pred { color: #8fb8ff; }
+  .card.failed { cursor: default; border: 1px solid #a33; }
+  .card .err { padding: 10px 8px; color: #f88; font-size: 12px; min-height: 60px; }
+  #detail { padding: 16px; }
+  #detail .bar { display: flex; gap: 6px; flex-wrap: wrap; align-items: center; margin: 6px 0; }
+  #detail .bar b { min-width: 64px; }
+  #detail img.main { max-width: 100%; max-height: 75vh; display: block; margin-top: 10px; }
+  .muted { color: #888; }
+</style>
+<script src="gallery/run.js" defer></script>
+</head>
+<body data-state="loading">
+<header><h1 id="title"></h1><span id="counts" class="muted"></span><span id="pager"></span></header>
+<div id="detail" hidden></div>
+<div id="grid"></div>
+<script>
+"use strict";
+const S = { page: 0, img: null, layer: null, head: null, view: "overlay", word: null };
+const G = window.attnvisGallery = {
+  info: null, pages: {},
+  run(info) { this.info = info; },
+  page([n, entries]) { this.pages[n] = entries; if (n === S.page) render(); },
+};
+const $ = (id) => document.getElementById(id);
+const url = (rel) => rel.split("/").map(encodeURIComponent).join("/");
+const el = (tag, props = {}, kids = []) => { const e = Object.assign(document.createElement(tag), props); e.append(...kids); return e; };
+const headName = (h) => (h === null || h === undefined ? "mean" : "head " + h);
+
+function readHash() {
+  const p = new URLSearchParams(location.hash.slice(1));
+  const num = (k) => (p.has(k) && p.get(k) !== "" && !isNaN(+p.get(k)) ? +p.get(k) : null);
+  S.page = num("page") || 0; S.img = num("img"); S.layer = num("layer"); S.word = num("word");
+  S.head = p.get("head") === null || p.get("head") === "mean" ? null : num("head");
+  S.view = p.get("view") === "heatmap" ? "heatmap" : "overlay";
+}
+function writeHash() {
+  const parts = ["page=" + S.page];
+  if (S.img !== null) parts.push("img=" + S.img, "layer=" + S.layer, "head=" + (S.head === null ? "mean" : S.head), "view=" + S.view);
+  if (S.word !== null) parts.push("word=" + S.word);
+  history.replaceState(null, "", "#" + parts.join("&"));
+}
+function loadPage(n) {
+  if (G.pages[n]) return render();
+  const tag = el("script", { src: "gallery/page_" + String(n).padStart(4, "0") + ".js" });
+  tag.onerror = () => { $("grid").textContent = "cannot load " + tag.src; done(); };
+  document.body.append(tag);
+}
+function go(changes) { Object.assign(S, changes); writeHash(); G.pages[S.page] ? render() : loadPage(S.page); }
+
+function render() {
+  document.body.dataset.state = "loading";
+  const info = G.info, entries = G.pages[S.page] || [];
+  $("title").textContent = info.title;
+  $("counts").textContent = `${info.ok} rendered, ${info.failed} failed, ${info.total} images`;
+  const pager = $("pager"); pager.textContent = "";
+  if (info.pages > 1) {
+    pager.append(el("button", { textContent: "◀", disabled: S.page === 0, onclick: () => go({ page: S.page - 1, img: null }) }),
+      ` page ${S.page + 1} / ${info.pages} `,
+      el("button", { textContent: "▶", disabled: S.page >= info.pages - 1, onclick: () => go({ page: S.page + 1, img: null }) }));
+  }
+  $("grid").replaceChildren(...entries.map(card));
+  renderDetail(entries);
+  done();
+}
+function card(entry, i) {
+  if (entry.status !== "ok") {
+    return el("figure", { className: "card failed", title: entry.error }, [el("div", { className: "err", textContent: entry.error }),
+      el("figcaption", { textContent: entry.key })]);
+  }
+  const cap = el("figcaption", {}, [entry.key]);
+  if (entry.prediction) cap.append(el("br"), el("span", { className: "pred", textContent: entry.prediction }));
+  if (entry.words) cap.append(el("br"), el("span", { className: "pred", textContent: entry.words.join(" ") }));
+  const kids = entry.thumb ? [el("img", { src: url(entry.thumb), alt: entry.key })] : [];
+  return el("figure", { className: "card", onclick: () => go({ img: i, layer: null, head: null, word: null }) }, [...kids, cap]);
+}
+
+function pick(maps, key, want) {
+  const values = [...new Set(maps.map((m) => m[key]))];
+  return { values, value: values.includes(want) ? want : values[0] };
+}
+function renderDetail(entries) {
+  const box = $("detail"), entry = S.img === null ? null : entries[S.img];
+  if (!entry || entry.status !== "ok") { box.hidden = true; box.textContent = ""; return; }
+  let maps = entry.maps.map((m) => ({ layer: m[0], head: m[1], overlay: m[2], heatmap: m[3], word: m[4] === undefined ? null : m[4] }));
+  const word = pick(maps, "word", S.word); maps = maps.filter((m) => m.word === word.value);
+  const layer = pick(maps, "layer", S.layer); maps = maps.filter((m) => m.layer === layer.value);
+  const head = pick(maps, "head", S.head); const map = maps.find((m) => m.head === head.value);
+  Object.assign(S, { layer: layer.value, head: head.value, word: word.value });
+  const names = G.info.layers;
+  const bar = (label, values, current, text, change) => el("div", { className: "bar" }, [el("b", { textContent: label }),
+    ...values.map((v) => el("button", { textContent: text(v), className: v === current ? "on" : "", onclick: () => go(change(v)) }))]);
+  const kids = [
+    el("div", { className: "bar" }, [el("button", { textContent: "✕ close", onclick: () => go({ img: null }) }),
+      el("button", { textContent: "◀ prev", disabled: S.img === 0, onclick: () => go({ img: S.img - 1 }) }),
+      el("button", { textContent: "next ▶", disabled: S.img >= entries.length - 1, onclick: () => go({ img: S.img + 1 }) }),
+      el("strong", { textContent: " " + entry.key }), el("span", { className: "muted", textContent: entry.size ? `  ${entry.size[1]}×${entry.size[0]}` : "" }),
+      el("span", { className: "pred", textContent: entry.prediction ? "  predicted: " + entry.prediction : "" })]),
+  ];
+  if (entry.words) kids.push(bar("word", word.values, word.value, (w) => entry.words[w] ?? String(w), (w) => ({ word: w })));
+  kids.push(bar("layer", layer.values, layer.value, (l) => `${l}: ${names[l] || ""}`, (l) => ({ layer: l })));
+  kids.push(bar("head", head.values, head.value, headName, (h) => ({ head: h })));
+  kids.push(bar("view", ["overlay", "heatmap"], S.view, (v) => v, (v) => ({ view: v })));
+  kids.push(el("img", { className: "main", src: url(map[S.view]), alt: map[S.view] }));
+  box.replaceChildren(...kids); box.hidden = false;
+}
+
+function done() {
+  const imgs = [...document.images], pending = imgs.filter((i) => !i.complete);
+  if (pending.length) { pending.forEach((i) => { i.onload = i.onerror = done; }); return; }
+  const loaded = imgs.filter((i) => i.naturalWidth > 0).length;
+  Object.assign(document.body.dataset, { state: "ready", loaded, broken: imgs.length - loaded });
+}
+document.addEventListener("keydown", (e) => {
+  if (S.img === null) return;
+  const entries = G.pages[S.page] || [];
+  if (e.key === "Escape") go({ img: null });
+  else if (e.key === "ArrowRight" && S.img < entries.length - 1) go({ img: S.img + 1 });
+  else if (e.key === "ArrowLeft" && S.img > 0) go({ img: S.img - 1 });
+  else if (e.key === "ArrowDown") go({ layer: S.layer + 1 });
+  else if (e.key === "ArrowUp") go({ layer: S.layer - 1 });
+});
+window.addEventListener("hashchange", () => { readHash(); G.pages[S.page] ? render() : loadPage(S.page); });
+window.addEventListener("DOMContentLoaded", () => {
+  if (!G.info) { $("grid").textContent = "gallery/run.js is missing: re-run attnvis batch"; document.body.dataset.state = "ready"; return; }
+  readHash(); loadPage(S.page);
+});
+</script>
+</body>
+</html>
+"""

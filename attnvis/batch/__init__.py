@@ -1,0 +1,6 @@
+"""Batch machinery behind :mod:`attnvis.pipeline`: inputs, decoding, stages, manifest, engines.
+
+The stages (:mod:`attnvis.batch.stages`) are plain functions over picklable
+values so that every engine (the local thread engine here, a cluster engine
+later) runs the same code and writes the same bytes.
+"""

@@ -1,0 +1,106 @@
+"""The local engine: the stages on a thread pool in one process, with bounded windows.
+
+Why threads and not processes: every heavy step releases the GIL: file reads,
+``cv2.imdecode``, PIL's resize, ONNX Runtime, the numba render kernels
+(``nogil``), NumPy's PNG row filter and ISA-L's deflate. What holds the GIL
+is a few hundred microseconds of Python glue per image, so threads keep both
+cores of a small machine busy without pickling megabyte images between
+processes (``benchmarks/bench_batch.py`` measures CPU time per wall second).
+The one model session is used by the driving thread only.
+
+Flow (``W`` workers, ``B`` batch size)::
+
+    items ──► decode (pool, ≤ B + 2W ahead) ──► infer (driver, B per call)
+          ──► render + encode + write (pool, ≤ 2W in flight) ──► manifest (driver)
+
+Memory is bounded by those windows, whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+from attnvis.batch.inputs import Item
+from attnvis.batch.stages import RenderPlan, decode_item, infer, render_item
+
+
+class LocalEngine:
+    """Runs items through the stages on ``workers`` threads.
+
+    Args:
+        session: an open model session (used by the calling thread only).
+        plan: the run's render plan.
+        root: the output folder.
+        batch_size: images per inference call.
+        workers: decode/render threads (default: the cores available).
+        max_pixels: decode limit (see :func:`attnvis.batch.decode.probe`).
+    """
+
+    def __init__(self, session, plan: RenderPlan, root: Path, batch_size: int = 16, workers: int | None = None,
+                 max_pixels: int = 40_000_000):
+        self.session, self.plan, self.root = session, plan, Path(root)
+        self.batch_size = batch_size
+        self.workers = workers or available_cores()
+        self.max_pixels = max_pixels
+
+    def run(self, items: Iterable[Item], sink: Callable[[dict], None]) -> None:
+        """Process ``items``; call ``sink(record)`` on the calling thread once per item."""
+        ahead, in_flight = self.batch_size + 2 * self.workers, 2 * self.workers
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="attnvis-batch") as pool:
+            decoding: deque[tuple[Item, Future]] = deque()
+            rendering: deque[Future] = deque()
+            source = iter(items)
+            try:
+                while True:
+                    self._fill(pool, source, decoding, ahead)
+                    batch = self._next_batch(decoding, rendering, sink, pool, source, ahead)
+                    if not batch:
+                        break
+                    self._submit_renders(pool, batch, rendering, sink, in_flight)
+                while rendering:
+                    sink(rendering.popleft().result())
+            except BaseException:
+                for future in [f for _, f in decoding] + list(rendering):
+                    future.cancel()
+                raise
+
+    def _fill(self, pool, source, decoding, ahead: int) -> None:
+        while len(decoding) < ahead:
+            item = next(source, None)
+            if item is None:
+                return
+            decoding.append((item, pool.submit(decode_item, item, self.plan, self.max_pixels)))
+
+    def _next_batch(self, decoding, rendering, sink, pool, source, ahead) -> list:
+        """Up to ``batch_size`` decoded images, in input order; bad files go to ``sink``."""
+        batch = []
+        while decoding and len(batch) < self.batch_size:
+            item, future = decoding.popleft()
+            self._fill(pool, source, decoding, ahead)
+            result = future.result()
+            if isinstance(result, dict):
+                sink(result)
+            else:
+                batch.append((item, result))
+            while rendering and rendering[0].done():
+                sink(rendering.popleft().result())
+        return batch
+
+    def _submit_renders(self, pool, batch, rendering, sink, in_flight: int) -> None:
+        maps, predictions = infer(self.session, [decoded.tensor for _, decoded in batch], self.batch_size)
+        for (item, decoded), attn, prediction in zip(batch, maps, predictions):
+            while len(rendering) >= in_flight:
+                sink(rendering.popleft().result())
+            rendering.append(pool.submit(render_item, item, decoded, attn, prediction, self.plan, self.root))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,111 @@
+"""``manifest.jsonl``: one JSON line per processed image, append-only, never corrupt.
+
+Each record is written with one ``write`` of a complete line to a file opened
+with ``O_APPEND``, after the image's files were renamed into place; lines are
+``fsync``'d in groups (at most every :data:`SYNC_SECONDS` and at close). A
+crash can therefore only leave a torn *last* line, which :func:`load` ignores
+and :meth:`Manifest.open` cuts off before appending. An image listed twice
+(re-run, ``--resume``) counts by its last line.
+
+Record fields: ``key``, ``source``, ``status`` (``ok`` | ``failed``),
+``error`` (one line, or null), ``files`` (every output, relative to the
+output folder), ``maps`` (``layer``, ``head``, ``overlay``, ``heatmap``),
+``thumb``, ``size`` ([H, W]), ``prediction``, ``words`` (caption words for
+captioning models, each map then carries a ``word`` index), ``plan`` (the
+:attr:`RenderPlan.fingerprint`) and ``time`` (UNIX seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+MANIFEST = "manifest.jsonl"
+SYNC_SECONDS = 1.0
+
+
+def _complete_prefix(path: Path) -> int:
+    """Length of the file up to and including its last newline."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        pos = f.tell()
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                return pos - step + cut + 1
+            pos -= step
+    return 0
+
+
+def load(path: Path) -> dict[str, dict]:
+    """The last record of each key; a torn or unparsable line is skipped."""
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # torn tail of a killed run
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "key" in record:
+                records[record["key"]] = record
+    return records
+
+
+class Manifest:
+    """Appends records to ``manifest.jsonl`` durably (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._synced = 0.0
+
+    def open(self) -> "Manifest":
+        """Open for appending, first cutting off a torn last line."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            keep = _complete_prefix(self.path)
+            if keep != self.path.stat().st_size:
+                os.truncate(self.path, keep)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        self._synced = time.monotonic()
+        return self
+
+    def append(self, record: dict) -> None:
+        """Write one record as one complete line."""
+        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        while line:  # O_APPEND: a whole line per write; one writer, so lines never interleave
+            line = line[os.write(self._fd, line):]
+        if time.monotonic() - self._synced >= SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        self._synced = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.sync()
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "Manifest":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def is_complete(record: dict | None, root: Path, fingerprint: str) -> bool:
+    """Whether ``--resume`` may skip this image: rendered with the same plan, every file present."""
+    if not record or record.get("status") != "ok" or record.get("plan") != fingerprint:
+        return False
+    return all((root / rel).is_file() for rel in record.get("files", ()))

@@ -1,0 +1,240 @@
+"""The batch stages as plain functions: infer a batch, render one image, write its files.
+
+Each stage takes and returns picklable values (arrays, dataclasses, bytes) and
+keeps no state besides the model session passed in, so an engine only decides
+where the stages run: threads in one process (:mod:`attnvis.batch.local`) or
+tasks and actors on a cluster. The output tree and file bytes depend only on
+the inputs and :class:`RenderPlan`, never on the engine or on batch boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attnvis.api import VisualizeOptions, check_selection, layer_files
+from attnvis.batch.decode import Decoded, decode
+from attnvis.batch.inputs import Item
+from attnvis.errors import InputError
+from attnvis.export.metadata import ModelMetadata
+
+THUMB_WIDTH = 192  # gallery thumbnails: the last layer's overlay, JPEG
+THUMB_NAME = "thumbnail.jpg"  # beside the seed files, so an image folder is self-contained
+_TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """Everything that decides an image's output files, fixed for a run.
+
+    Attributes:
+        options: the ``visualize`` rendering options.
+        layers: the layers to render.
+        metadata: the model's metadata (layer names, token layout).
+        model: how the model was named (for the run's fingerprint).
+        thumbs: also write a gallery thumbnail per image.
+    """
+
+    options: VisualizeOptions
+    layers: tuple[int, ...]
+    metadata: ModelMetadata
+    model: str = "default"
+    thumbs: bool = True
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of what changes the files: ``--resume`` only trusts records with the same one."""
+        doc = {"options": asdict(self.options), "layers": self.layers, "model": self.model, "thumbs": self.thumbs,
+               "layer_names": [layer.name for layer in self.metadata.layers]}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None, thumbs: bool = True) -> RenderPlan:
+    """Check the selection against the model (one clear error) and fix the plan."""
+    return RenderPlan(options, tuple(check_selection(meta, options)), meta, model or "default", thumbs)
+
+
+@dataclass
+class Rendered:
+    """One image's encoded files, ready to write.
+
+    Attributes:
+        key: the image's key (its output folder under the output root).
+        files: (path relative to the output root, encoded bytes), in a fixed order.
+        maps: one entry per rendered map for the manifest and gallery:
+            ``{"layer", "head", "overlay", "heatmap"}`` (``head`` None is the mean).
+        size: the image's (height, width).
+        prediction: the model's top class, when it has class names.
+    """
+
+    key: str
+    files: list[tuple[str, bytes]]
+    maps: list[dict]
+    size: tuple[int, int]
+    prediction: str | None = None
+    raw: list[str] = field(default_factory=list)
+    thumb: str | None = None
+
+
+def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[list[np.ndarray]], list[str | None]]:
+    """Run preprocessed images through the model as one batch.
+
+    The batch is zero-padded to ``batch_size`` so that every image is computed
+    in a batch of the same shape: results then never depend on where the
+    batch boundaries fell (a resumed run writes the same bytes).
+
+    Returns:
+        (per image, per layer map without batch axis; per image prediction or None).
+    """
+    n = len(tensors)
+    batch = np.zeros((max(n, batch_size), *tensors[0].shape), np.float32)  # (B, C, h, w)
+    batch[:n] = np.stack(tensors)
+    maps = session.run(batch)
+    per_image = [[np.ascontiguousarray(layer[b]) for layer in maps.maps] for b in range(n)]
+    return per_image, _predictions(maps, n)
+
+
+def _predictions(maps, n: int) -> list[str | None]:
+    logits = maps.outputs.get("output", maps.outputs.get("logits"))
+    classes = maps.metadata.extra.get("classes")
+    if logits is None or not classes or logits.ndim != 2 or logits.shape[1] != len(classes):
+        return [None] * n
+    return [classes[int(i)] for i in np.argmax(logits[:n], axis=1)]
+
+
+def _head_of(name: str) -> int | None:
+    return int(name.rsplit("_head_", 1)[1].split(".")[0]) if "_head_" in name else None
+
+
+def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan, prediction: str | None = None) -> Rendered:
+    """Render and encode one image's files (the CPU-heavy stage; releases the GIL).
+
+    Args:
+        key: the image's key.
+        image: RGB uint8 (H, W, 3).
+        attn: per layer, this image's map (no batch axis).
+        plan: the run's plan.
+        prediction: the model's class for the image, if any.
+    """
+    from attnvis.render import encode_image
+
+    opts = plan.options
+    named = layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False)
+    files = [(f"{key}/{name}", encode_image(rgb, opts.format)) for name, rgb in named]
+    maps = [{"layer": int(name.split("_layer_")[1].split("_")[0]), "head": _head_of(name),
+             "overlay": files[j][0], "heatmap": files[j + 1][0]} for j, (name, _) in enumerate(named) if j % 2 == 0]
+    out = Rendered(key, files, maps, image.shape[:2], prediction)
+    if opts.save_raw:
+        for i in plan.layers:
+            out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
+            files.append((out.raw[-1], _npy_bytes(attn[i][None])))  # (1, heads, Q, K) as visualize writes
+    if plan.thumbs and named:
+        out.thumb = f"{key}/{THUMB_NAME}"
+        files.append((out.thumb, _thumbnail(named[-2][1])))
+    return out
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _thumbnail(rgb: np.ndarray) -> bytes:
+    import cv2
+
+    from attnvis.render import encode_image
+
+    height, width = rgb.shape[:2]
+    if width > THUMB_WIDTH:
+        size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return encode_image(rgb, "jpg", 85)
+
+
+def is_tmp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`attnvis.render.writers.write_bytes_atomic`."""
+    return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+def write_files(root: Path, files: list[tuple[str, bytes]]) -> int:
+    """Write each file under ``root`` to a temporary name, then rename it into place.
+
+    A crash leaves at most temporary files (dot-names ending ``.tmp``, removed
+    by :func:`clean_tmp`), never a half-written output. Returns bytes written.
+    """
+    from attnvis.render.writers import write_bytes_atomic
+
+    written, made = 0, set()
+    for rel, data in files:
+        path = root / rel
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        write_bytes_atomic(path, data)
+        written += len(data)
+    return written
+
+
+def clean_tmp(folder: Path) -> int:
+    """Remove temporary files a killed run left in ``folder`` (not recursive); return how many."""
+    removed = 0
+    if folder.is_dir():
+        for entry in os.scandir(folder):
+            if entry.is_file() and is_tmp_name(entry.name):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+def ok_record(source: str, rendered: Rendered, plan: RenderPlan) -> dict:
+    """The manifest line of a rendered image (see :mod:`attnvis.batch.manifest`)."""
+    return {"key": rendered.key, "source": source, "status": "ok", "error": None,
+            "files": [rel for rel, _ in rendered.files], "maps": rendered.maps, "raw": rendered.raw,
+            "thumb": rendered.thumb, "size": list(rendered.size), "prediction": rendered.prediction,
+            "plan": plan.fingerprint, "time": round(time.time(), 3)}
+
+
+def failed_record(source: str, key: str, error: str, plan: RenderPlan) -> dict:
+    """The manifest line of an image that could not be rendered; ``error`` is one line."""
+    return {"key": key, "source": source, "status": "failed", "error": " ".join(error.split()),
+            "files": [], "plan": plan.fingerprint, "time": round(time.time(), 3)}
+
+
+# --------------------------------------------------------------------------- failure semantics shared by engines
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def decode_item(item: Item, plan: RenderPlan, max_pixels: int) -> Decoded | dict:
+    """Decode one item for the model; a bad file becomes its failed record instead of an exception."""
+    try:
+        return decode(item.path, item.key, plan.metadata.preprocess, max_pixels)
+    except InputError as err:
+        return failed_record(item.path, item.key, str(err), plan)
+    except Exception as err:  # noqa: BLE001 - OpenCV/PIL internals (MemoryError too): record it, go on
+        return failed_record(item.path, item.key, f"{item.key}: cannot decode ({type(err).__name__}: {_one_line(err)})", plan)
+
+
+def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction: str | None, plan: RenderPlan, root: Path) -> dict:
+    """Render, encode and write one image (temporary names, then renames); return its manifest record.
+
+    ``OSError`` (disk full, permissions) propagates: it would fail every image.
+    """
+    try:
+        rendered = render(item.key, decoded.image, attn, plan, prediction)
+    except ValueError as err:  # e.g. non-finite attention from the model for this image
+        return failed_record(item.path, item.key, f"{item.key}: cannot render ({_one_line(err)})", plan)
+    clean_tmp(root / item.key)  # leftovers of a killed run
+    write_files(root, rendered.files)
+    return ok_record(item.path, rendered, plan)

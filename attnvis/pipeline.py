@@ -1,0 +1,222 @@
+"""Render attention for many images: folders, globs or lists, resumable, never stopped by a bad file.
+
+``attnvis batch INPUT... --output DIR`` decodes images in parallel, runs them
+through one model session in batches, renders and writes each image's files
+(the ``visualize`` names) into ``DIR/<path relative to the inputs' root>/``,
+records every image in ``DIR/manifest.jsonl`` and writes ``DIR/index.html``.
+
+The stages are in :mod:`attnvis.batch.stages` (engine-independent), the
+input rules in :mod:`attnvis.batch.inputs`, decoding and the bad-file checks
+in :mod:`attnvis.batch.decode`, the manifest in :mod:`attnvis.batch.manifest`
+and the thread engine in :mod:`attnvis.batch.local`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnvis.api import VisualizeOptions
+from attnvis.batch.decode import DEFAULT_MAX_PIXELS
+from attnvis.errors import InputError
+
+ENGINES = ("local",)
+EXIT_SOME_FAILED = 3  # distinct from 1 (I/O error) and 2 (bad argument)
+
+
+@dataclass
+class BatchConfig:
+    """A batch run. Each field is the ``attnvis batch`` flag of the same name.
+
+    ``threads`` (ONNX Runtime intra-op threads) defaults to 1 on the CPU:
+    decode and render threads already fill the cores, and a second spinning
+    ORT pool would only take cycles from them. Give ``--threads`` for large
+    models where inference dominates.
+    """
+
+    inputs: list[str]
+    output: str = "attn_batch"
+    model: str | None = None
+    weights: str | None = None
+    device: str = "auto"
+    backend: str = "ort"
+    threads: int | None = None
+    options: VisualizeOptions = field(default_factory=VisualizeOptions)
+    batch_size: int = 16
+    workers: int | None = None
+    resume: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    progress: bool = True
+    engine: str = "local"
+    gallery: bool = True
+
+
+@dataclass
+class BatchSummary:
+    """What a run did. ``exit_code`` is 0 when no image failed, else :data:`EXIT_SOME_FAILED`."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time over the run: cpu_seconds / seconds = cores kept busy
+    output: Path = Path(".")
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason), the first few
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed else 0
+
+    def text(self) -> str:
+        lines = [f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed "
+                 f"of {self.total} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
+                 f"{self.cpu_seconds / max(self.seconds, 1e-9):.1f} cores busy)",
+                 f"outputs: {self.output}  manifest: {self.output / 'manifest.jsonl'}  gallery: {self.output / 'index.html'}"]
+        lines += [f"failed: {reason}" for _, reason in self.failures[:10]]
+        if self.failed > 10:
+            lines.append(f"... and {self.failed - 10} more failures: see the manifest (status \"failed\")")
+        return "\n".join(lines)
+
+
+def _check(config: BatchConfig) -> None:
+    if config.batch_size < 1:
+        raise InputError(f"--batch-size {config.batch_size} must be at least 1")
+    if config.workers is not None and config.workers < 1:
+        raise InputError(f"--workers {config.workers} must be at least 1")
+    if config.max_pixels < 1:
+        raise InputError(f"--max-pixels {config.max_pixels} must be positive")
+    if config.engine not in ENGINES:
+        raise InputError(f"--engine {config.engine!r} is not one of {', '.join(ENGINES)}")
+    if not 0.0 <= config.options.alpha <= 1.0:
+        raise InputError(f"--alpha {config.options.alpha} must be in [0, 1]")
+
+
+def open_session(config: BatchConfig):
+    """The run's one model session (ORT intra-op threads: see :class:`BatchConfig`)."""
+    from attnvis.runtime import open_model
+
+    threads = config.threads if config.threads is not None else (None if config.device == "cuda" else 1)
+    return open_model(config.model, backend=config.backend, device=config.device, weights=config.weights, threads=threads)
+
+
+def run_batch(config: BatchConfig) -> BatchSummary:
+    """Run a batch: discover inputs, render every image, write the manifest and gallery.
+
+    Raises:
+        InputError: bad arguments, inputs that match nothing, or a
+            layer/head selection the model does not have.
+        ModelError / DeviceError: the model cannot be opened on the device.
+        OSError: the output folder cannot be written.
+    """
+    from attnvis.batch import manifest as mf
+    from attnvis.batch.inputs import discover
+    from attnvis.batch.stages import clean_tmp, make_plan
+
+    _check(config)
+    items = discover(config.inputs, exclude=config.output)
+    session = open_session(config)
+    plan = make_plan(session.metadata, config.options, config.model)
+    root = Path(config.output)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_tmp(root)
+    previous = mf.load(root / mf.MANIFEST) if config.resume else {}
+    pending = [item for item in items if not mf.is_complete(previous.get(item.key), root, plan.fingerprint)]
+    summary = BatchSummary(total=len(items), skipped=len(items) - len(pending), output=root)
+    start, cpu = time.perf_counter(), time.process_time()
+    with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar:
+        _engine(config, session, plan, root).run(pending, _sink(manifest, summary, bar))
+    summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    if config.gallery:
+        _write_gallery(root, items, plan)
+    return summary
+
+
+def _engine(config: BatchConfig, session, plan, root: Path):
+    from attnvis.batch.local import LocalEngine
+
+    return LocalEngine(session, plan, root, config.batch_size, config.workers, config.max_pixels)
+
+
+def _sink(manifest, summary: BatchSummary, bar):
+    """The per-record callback: manifest line, counters, progress bar."""
+
+    def sink(record: dict) -> None:
+        manifest.append(record)
+        if record["status"] == "ok":
+            summary.done += 1
+        else:
+            summary.failed += 1
+            if len(summary.failures) < 10:
+                summary.failures.append((record["key"], record["error"]))
+            bar.set_postfix(failed=summary.failed, refresh=False)
+        bar.update(1)
+
+    return sink
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="attnvis batch", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def _write_gallery(root: Path, items, plan) -> None:
+    from attnvis.batch import manifest as mf
+    from attnvis.gallery import write_gallery
+
+    records = mf.load(root / mf.MANIFEST)
+    ordered = [records[item.key] for item in items if item.key in records]
+    write_gallery(root, ordered, plan.metadata, title=f"attnvis batch: {plan.model}")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``attnvis batch`` flags: ``visualize``'s model and render flags plus the batch ones."""
+    from attnvis.cli import _add_model_args, _add_render_args
+
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="folder (recursive), glob (quote it), text file with one path per line, or image file")
+    parser.add_argument("--output", default=BatchConfig.output, help="output folder (one subfolder per image)")
+    _add_model_args(parser)
+    _add_render_args(parser)
+    parser.add_argument("--batch-size", type=int, default=BatchConfig.batch_size, help="images per inference call")
+    parser.add_argument("--workers", type=int, default=None, help="decode/render threads (default: the cores available)")
+    parser.add_argument("--resume", action="store_true", help="skip images whose outputs are complete in the manifest")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse larger images (checked on the header, before decoding)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-gallery", dest="gallery", action="store_false", help="do not write index.html")
+    parser.add_argument("--engine", default="local", choices=ENGINES, help="where the stages run")
+
+
+def config_from_args(args: argparse.Namespace) -> BatchConfig:
+    """Map parsed flags to a :class:`BatchConfig` (each flag is the field of the same name)."""
+    options = VisualizeOptions(layer=args.layer, head=args.head, avg_heads=args.avg_heads, save_raw=args.save_raw,
+                               colormap=args.colormap, alpha=args.alpha, format=args.format)
+    if getattr(args, "infos_path", None):
+        raise InputError("--infos_path: batch captioning (AoANet) is not supported yet; use 'attnvis visualize' per image")
+    return BatchConfig(inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
+                       device=args.device, backend=args.backend, threads=args.threads, options=options,
+                       batch_size=args.batch_size, workers=args.workers, resume=args.resume,
+                       max_pixels=args.max_pixels, progress=args.progress, engine=args.engine, gallery=args.gallery)
+
+
+def run_batch_cli(args: argparse.Namespace) -> int:
+    """``attnvis batch``: run, print the summary, return the exit code (0 / :data:`EXIT_SOME_FAILED`)."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # bad files are reported once, in the manifest
+    summary = run_batch(config_from_args(args))
+    print(summary.text())
+    return summary.exit_code

@@ -1,0 +1,123 @@
+"""Attention rollout (Abnar & Zuidema, 2020) and DINO-style mass thresholding.
+
+Rollout, per layer in call order: fuse the heads of ``[heads, Q, K]`` into
+``A`` (mean, max or min), optionally discard the weakest links, add the
+identity for the residual path, re-normalize every row to sum 1 and chain
+``R = Â_L · … · Â_2 · Â_1`` (a later layer multiplies from the left, since
+token ``i`` of layer ``L`` mixes the tokens of layer ``L - 1``).
+
+Choices, where published tools differ:
+
+- Rows are normalized with the row sum broadcast along the row
+  (``sum(-1, keepdims=True)``); normalizing by a broadcast row vector of sums
+  scales columns instead, a known bug of the popular reference code.
+- ``discard_ratio`` removes, in each query row of the fused map, the
+  ``floor(ratio * K)`` smallest weights (ties: the later key first). Per row,
+  because every row is a distribution of the same mass; a threshold over the
+  whole matrix would wipe out whole rows of diffuse queries. Nothing is
+  protected: the reference code spares only entry (0, 0), the CLS token's
+  attention to itself, which the identity added next restores anyway for
+  every token, so the special case is not needed; a discarded row still keeps
+  its residual path and normalizes to a valid distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def _fuse(layer: np.ndarray, head_fusion: str) -> np.ndarray:
+    """[heads, Q, K] (or [Q, K]) → float64 [Q, K]."""
+    layer = np.asarray(layer, dtype=np.float64)
+    if layer.ndim == 2:
+        return layer
+    return {"mean": np.mean, "max": np.max, "min": np.min}[head_fusion](layer, axis=0)
+
+
+def _discard(fused: np.ndarray, ratio: float) -> np.ndarray:
+    """Zero the floor(ratio * K) smallest weights of every row (a copy)."""
+    count = int(np.floor(ratio * fused.shape[-1]))
+    if count == 0:
+        return fused
+    keys = np.arange(fused.shape[-1])[::-1]  # ties: the later key is dropped first
+    order = np.lexsort((np.broadcast_to(keys, fused.shape), fused), axis=-1)  # ascending by weight
+    out = fused.copy()
+    np.put_along_axis(out, order[:, :count], 0.0, axis=-1)
+    return out
+
+
+def _check_rollout_args(maps: Sequence[np.ndarray], head_fusion: str, discard_ratio: float) -> None:
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {head_fusion!r}")
+    if not 0.0 <= discard_ratio <= 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1], got {discard_ratio}")
+    if len(maps) == 0:
+        raise ValueError("attention_rollout needs at least one layer's map")
+    shapes = sorted({tuple(np.shape(layer)) for layer in maps})
+    squares = {shape[-2:] for shape in shapes if len(shape) in (2, 3) and shape[-1] == shape[-2]}
+    if len(squares) != 1 or any(len(shape) not in (2, 3) or shape[-1] != shape[-2] for shape in shapes):
+        raise ValueError(f"rollout needs square self-attention maps [heads, T, T] of one size T, got shapes {shapes}")
+
+
+def attention_rollout(
+    maps: Sequence[np.ndarray], head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> np.ndarray:
+    """Attention rollout over layers.
+
+    Args:
+        maps: per layer in call order, ``[heads, T, T]`` (or ``[T, T]`` if the
+            heads were already reduced) for one image.
+        head_fusion: ``"mean"``, ``"max"`` or ``"min"`` over heads.
+        discard_ratio: share of each row's weakest weights set to zero before
+            the identity is added (0 keeps all).
+
+    Returns:
+        float32 ``[T, T]`` joint attention, rows summing to 1. Row ``cls_index``
+        with the prefix columns dropped is the map to draw: pass the result to
+        :func:`attnvis.render.attention_grid`.
+
+    Raises:
+        ValueError: bad fusion name or ratio, no layers, non-square or mismatched maps.
+    """
+    _check_rollout_args(maps, head_fusion, discard_ratio)
+    tokens = np.shape(maps[0])[-1]
+    result = np.eye(tokens)
+    identity = np.eye(tokens)
+    for layer in maps:
+        fused = _discard(_fuse(layer, head_fusion), discard_ratio) + identity  # residual path
+        fused /= fused.sum(axis=-1, keepdims=True)  # rows sum to 1
+        result = fused @ result  # later layers on the left
+    return result.astype(np.float32)
+
+
+def threshold_mask(values: np.ndarray, keep: float = 0.6) -> np.ndarray:
+    """Keep the smallest set of highest values holding ``keep`` of the total mass (as DINO's figures).
+
+    Args:
+        values: non-negative array of any shape (e.g. a [h, w] attention grid).
+        keep: share of the total mass to keep, in [0, 1].
+
+    Returns:
+        bool array of ``values.shape``: True for the kept entries. Ties are
+        broken by position (earlier first); zeros are never needed, so never kept.
+
+    Raises:
+        ValueError: ``keep`` outside [0, 1], negative or non-finite values.
+    """
+    values = np.asarray(values)
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep must be in [0, 1], got {keep}")
+    flat = values.astype(np.float64).ravel()
+    if not np.isfinite(flat).all() or (flat < 0).any():
+        raise ValueError("threshold_mask needs finite, non-negative values (attention weights)")
+    order = np.argsort(-flat, kind="stable")  # largest first
+    sorted_vals = flat[order]
+    mass_before = np.concatenate(([0.0], np.cumsum(sorted_vals)[:-1]))  # mass of strictly larger-ranked entries
+    mask = np.zeros(flat.shape, bool)
+    mask[order] = mass_before < keep * flat.sum()
+    mask &= flat > 0
+    return mask.reshape(values.shape)
