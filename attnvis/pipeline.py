@@ -190,6 +190,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=BatchConfig.output, help="output folder (one subfolder per image)")
     _add_model_args(parser)
     _add_render_args(parser)
+    for action in parser._actions:  # same flag as visualize, different default here (see BatchConfig)
+        if action.dest == "threads":
+            action.help = "ONNX Runtime intra-op threads (default: 1 on the CPU, the decode/render threads use the cores)"
     parser.add_argument("--batch-size", type=int, default=BatchConfig.batch_size, help="images per inference call")
     parser.add_argument("--workers", type=int, default=None, help="decode/render threads (default: the cores available)")
     parser.add_argument("--resume", action="store_true", help="skip images whose outputs are complete in the manifest")

@@ -78,9 +78,9 @@ def make_maps(layers: int, heads: int, grid: int, seed: int = 0) -> np.ndarray:
 
 
 def naive_layer(layer_map, image_bgr, grid, alpha, out_dir, name, timer=None):
-    """The straightforward per-layer loop; `timer` collects per-stage CPU seconds of this thread."""
-    t = [time.thread_time()]
-    mark = (lambda: t.append(time.thread_time())) if timer is not None else (lambda: None)
+    """The straightforward per-layer loop; `timer` collects per-stage process CPU seconds (with cv2's threads)."""
+    t = [time.process_time()]
+    mark = (lambda: t.append(time.process_time())) if timer is not None else (lambda: None)
     cls_row = layer_map.mean(axis=0)[0, 1:].reshape(grid, grid)  # (heads, Q, K) -> (h, w)
     mark()
     up = cv2.resize(cls_row, (image_bgr.shape[1], image_bgr.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -112,18 +112,18 @@ def opencv_chain(grid_map, image_bgr, alpha):
 
 
 def attnvis_layer(layer_map, image, tokens, alpha, out_dir, name, timer=None):
-    """One layer the attnvis way (1 thread); `timer` collects per-stage CPU seconds of this thread."""
-    t0 = time.thread_time()
+    """One layer the attnvis way (1 thread); `timer` collects per-stage process CPU seconds."""
+    t0 = time.process_time()
     grid = attention_grid(layer_map, tokens)
-    t1 = time.thread_time()
+    t1 = time.process_time()
     heat, over = render_map(grid, image, "jet", alpha, parallel=False)
-    t2 = time.thread_time()
+    t2 = time.process_time()
     over_png, heat_png = writers.encode_png(over), writers.encode_png(heat)
-    t3 = time.thread_time()
+    t3 = time.process_time()
     if out_dir is not None:
         writers.write_bytes_atomic(out_dir / f"attn_map_{name}.png", over_png)
         writers.write_bytes_atomic(out_dir / f"heatmap_{name}.png", heat_png)
-    t4 = time.thread_time()
+    t4 = time.process_time()
     if timer is not None:
         for stage, dt in zip(("attention_grid", "fused kernel (1 thread)", "2x encode PNG", "2x atomic write"),
                              (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):

@@ -16,6 +16,7 @@ window each, not the image, and attnvis does not stitch windows.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import json
 import sys
@@ -186,7 +187,7 @@ def load_timm(name: str, weights: str | None = None, image_size: int | tuple[int
     """
     timm = _import("timm", "timm")
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:6]
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise InputError(f"timm has no model {name!r}" + (f"; similar: {', '.join(close)}" if close else ""))
     size = _size2(image_size)
     model = _create_timm(timm, name, size)

@@ -19,6 +19,7 @@ run by ONNX Runtime) feed the same loops, so they pick the same words.
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,3 +451,283 @@ def _after_end(seq: np.ndarray) -> np.ndarray:
     """``(B, T)`` True strictly after the first 0 of each row."""
     ended = np.cumsum(seq == 0, axis=1) > 0
     return np.concatenate([np.zeros_like(ended[:, :1]), ended[:, :-1]], axis=1)
+
+
+# ---------------------------------------------------------------- images: features and files
+
+
+@dataclass
+class CaptionVisOptions:
+    """What :func:`visualize_caption` reads and writes.
+
+    Attributes:
+        output: directory for the images (created).
+        att_feats: bottom-up region features, ``.npz`` with key ``feat`` ``(N, A)``.
+        boxes: their boxes, ``.npy`` ``(N, 4)`` ``x1, y1, x2, y2`` in image pixels.
+        backbone_weights: a local torchvision ResNet-101 state dict, for grid
+            features made as the original's ``prepro_feats`` (used when
+            ``att_feats`` is not given).
+        beam_size: 1 for greedy search.
+        head: one head's map, or None for the mean over heads.
+        layer: one refiner layer to write, or None for all six.
+        save_raw: also write ``attn_raw_layer_{i}.npy`` and ``decoder_attention.npy``.
+        colormap: an :data:`attnvis.render.COLORMAPS` name.
+        alpha: heatmap weight in the overlays.
+        device: ``cpu`` or ``cuda``.
+        backend: ``torch`` or ``onnx``.
+    """
+
+    output: Path = Path("attn_vis")
+    att_feats: Path | None = None
+    boxes: Path | None = None
+    backbone_weights: Path | None = None
+    beam_size: int = 1
+    head: int | None = None
+    layer: int | None = None
+    save_raw: bool = False
+    colormap: str = "jet"
+    alpha: float = 0.5
+    device: str = "cpu"
+    backend: str = "torch"
+
+
+@dataclass
+class FeatureLayout:
+    """How the regions map onto the image: a ``grid`` ``(h, w)`` or ``boxes`` ``(N, 4)``."""
+
+    grid: tuple[int, int] | None = None
+    boxes: np.ndarray | None = None
+
+
+@dataclass
+class CaptionReport:
+    """What a visualisation run produced."""
+
+    sentence: str
+    files: list[Path]
+    result: CaptionResult
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)``; grey and RGBA images are converted."""
+    import cv2
+
+    p = Path(path)
+    image = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.is_file() else None
+    if image is None:
+        raise InputError(f"cannot read image {p}: missing or not an image file")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def load_region_features(att_path: str | Path, boxes_path: str | Path, att_feat_size: int,
+                         opt: Any = None, image_hw: tuple[int, int] | None = None):
+    """Bottom-up features as the AoANet data pipeline stores them.
+
+    ``fc`` is the mean of the regions (``make_bu_data``). With ``opt.norm_att_feat``
+    the rows are L2-normalised, and with ``opt.use_box`` the five box features
+    are appended and the regions sorted by area, as the original's loader does.
+
+    Returns:
+        ``fc (1, A)``, ``att (1, N, A')``, ``boxes (N, 4)`` float32 (same order as ``att``).
+    """
+    try:
+        with np.load(att_path) as data:
+            feat = np.asarray(data["feat"], np.float32)
+        boxes = np.asarray(np.load(boxes_path), np.float32)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"cannot read region features {att_path} / boxes {boxes_path}: {exc}") from exc
+    feat = feat.reshape(-1, feat.shape[-1])
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != len(feat):
+        raise InputError(f"boxes {boxes_path} has shape {boxes.shape}, expected ({len(feat)}, 4): "
+                         f"one box per region of {att_path}")
+    fc = feat.mean(0, keepdims=True)
+    if getattr(opt, "norm_att_feat", 0):
+        feat = feat / np.linalg.norm(feat, 2, 1, keepdims=True)
+    if getattr(opt, "use_box", 0):
+        feat, boxes = _with_box_feats(feat, boxes, image_hw, getattr(opt, "norm_box_feat", 0))
+    if feat.shape[1] != att_feat_size:
+        raise InputError(f"{att_path}: regions have {feat.shape[1]} features, the model expects {att_feat_size}")
+    return fc, feat[None], boxes
+
+
+def _with_box_feats(feat, boxes, image_hw, norm_box):
+    h, w = image_hw or (1.0, 1.0)
+    x1, y1, x2, y2 = np.hsplit(boxes, 4)
+    box_feat = np.hstack((x1 / w, y1 / h, x2 / w, y2 / h, (x2 - x1) * (y2 - y1) / (w * h)))
+    if norm_box:
+        box_feat = box_feat / np.linalg.norm(box_feat, 2, 1, keepdims=True)
+    order = np.argsort(-box_feat[:, -1], kind="stable")  # largest box first, as the loader sorts
+    return np.hstack([feat, box_feat])[order].astype(np.float32), boxes[order]
+
+
+def reference_resnet(weights_path: str | Path, depth: int = 101):
+    """torchvision ResNet changed as the original's ``misc/resnet.py``.
+
+    The max-pool has no padding and rounds up; the stride of the first block of
+    layers 2-4 sits on its 1x1 convolution (Caffe style), so its grid features
+    match ``prepro_feats``. The weights come from a local file only.
+    """
+    import torchvision
+
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    net.maxpool = torch.nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    for name in ("layer2", "layer3", "layer4"):
+        block = getattr(net, name)[0]
+        block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise InputError(f"backbone weights not found: {path} (a local resnet{depth} .pth; nothing is downloaded)")
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, OSError, pickle.UnpicklingError) as exc:
+            raise ModelError(f"{path} is not a resnet{depth} state dict: {str(exc).splitlines()[0]}") from exc
+    return net.eval()
+
+
+@torch.no_grad()
+def resnet_grid_features(net, image: np.ndarray, att_size: int = 14) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prepro_feats``: the full-size image, ImageNet mean/std, ``(1, F)`` fc and ``(1, att_size², C)`` grid."""
+    x = torch.from_numpy(image[:, :, :3].astype(np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = ((x - mean) / std).unsqueeze(0)
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        x = getattr(net, name)(x)
+    fc = x.mean(3).mean(2)
+    att = F.adaptive_avg_pool2d(x, [att_size, att_size]).permute(0, 2, 3, 1)  # (1, s, s, C)
+    return fc, att.reshape(1, -1, att.size(-1))
+
+
+def _word_map(attn: np.ndarray, head: int | None) -> np.ndarray:
+    """``(heads, N)`` → ``(N,)``: one head or the mean over heads."""
+    if head is None:
+        return attn.mean(0)
+    if not 0 <= head < attn.shape[0]:
+        raise InputError(f"head {head} out of range: this model has heads 0..{attn.shape[0] - 1}")
+    return attn[head]
+
+
+def _paint(values: np.ndarray, image: np.ndarray, layout: FeatureLayout, opts: CaptionVisOptions):
+    """``(N,)`` region values → ``(heatmap, overlay)`` on ``image``."""
+    from attnvis import render
+
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if layout.boxes is not None:
+        return render.render_regions(values, layout.boxes, image, opts.colormap, opts.alpha)
+    return render.render_map(values.reshape(layout.grid), image, opts.colormap, opts.alpha)
+
+
+def _safe(word: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in word) or "_"
+
+
+def caption_strip(tiles: list[np.ndarray], words: list[str], height: int = 160) -> np.ndarray:
+    """Overlays side by side, each word written under its tile (RGB uint8)."""
+    import cv2
+
+    cols = []
+    for tile, word in zip(tiles, words):
+        w = max(1, round(tile.shape[1] * height / tile.shape[0]))
+        tile = cv2.resize(tile, (w, height), interpolation=cv2.INTER_AREA)
+        band = np.full((28, max(w, 8 * len(word) + 8), 3), 255, np.uint8)
+        cv2.putText(band, word, (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        tile = np.pad(tile, ((0, 0), (0, band.shape[1] - w), (0, 0)), constant_values=255)
+        cols.append(np.pad(np.concatenate([tile, band]), ((0, 0), (0, 4), (0, 0)), constant_values=255))
+    return np.concatenate(cols, axis=1) if cols else np.full((height + 28, 8, 3), 255, np.uint8)
+
+
+def write_caption_maps(image: np.ndarray, result: CaptionResult, layout: FeatureLayout,
+                       opts: CaptionVisOptions) -> list[Path]:
+    """Per-word overlays, the caption strip and the refiner maps of image 0."""
+    from attnvis import render
+
+    out = Path(opts.output)
+    out.mkdir(parents=True, exist_ok=True)
+    files, tiles = [], []
+    words = result.words(0)
+    for t, word in enumerate(words):
+        _, overlay = _paint(_word_map(result.decoder_attention[0, t], opts.head), image, layout, opts)
+        files.append(render.write_image(out / f"word_{t}_{_safe(word)}.png", overlay))
+        tiles.append(overlay)
+    files.append(render.write_image(out / "caption_strip.png", caption_strip(tiles, words)))
+    files += _write_refiner(image, result, layout, opts, out)
+    if opts.save_raw:
+        files.append(out / "decoder_attention.npy")
+        np.save(files[-1], result.decoder_attention[0, :len(words)])
+    return files
+
+
+def _write_refiner(image, result: CaptionResult, layout: FeatureLayout, opts: CaptionVisOptions, out: Path):
+    from attnvis import render
+
+    maps = result.refiner_attention
+    if opts.layer is not None and not 0 <= opts.layer < max(len(maps), 1):
+        raise InputError(f"layer {opts.layer} out of range: the refiner has layers 0..{len(maps) - 1}")
+    files = []
+    for i, layer_map in enumerate(maps):
+        if opts.layer is not None and i != opts.layer:
+            continue
+        name = f"refiner_layers_{i}_self_attn"
+        # no CLS token: the mean over query regions, (heads, N, N) -> (heads, N)
+        heat, overlay = _paint(_word_map(layer_map[0].mean(1), opts.head), image, layout, opts)
+        files.append(render.write_image(out / f"attn_map_layer_{i}_{name}.png", overlay))
+        files.append(render.write_image(out / f"heatmap_layer_{i}_{name}.png", heat))
+        if opts.save_raw:
+            files.append(out / f"attn_raw_layer_{i}.npy")
+            np.save(files[-1], layer_map[0])
+    return files
+
+
+def _features(image: np.ndarray, opt: Any, cfg: AoAConfig, opts: CaptionVisOptions):
+    """``(fc, att, layout)`` from region files or the ResNet grid."""
+    if opts.att_feats is not None:
+        if opts.boxes is None:
+            raise InputError("--att-feats needs --boxes (one box per region, .npy (N, 4))")
+        fc, att, boxes = load_region_features(opts.att_feats, opts.boxes, cfg.att_feat_size, opt, image.shape[:2])
+        return fc, att, FeatureLayout(boxes=boxes)
+    if opts.backbone_weights is None:
+        raise InputError("give region features (--att-feats FILE.npz --boxes FILE.npy) or a local ResNet-101 "
+                         "state dict for grid features (--backbone-weights FILE.pth)")
+    fc, att = resnet_grid_features(reference_resnet(opts.backbone_weights), image)
+    if att.size(-1) != cfg.att_feat_size:
+        raise InputError(f"the backbone gives {att.size(-1)} features, the model expects {cfg.att_feat_size}")
+    return fc, att, FeatureLayout(grid=(14, 14))
+
+
+def visualize_caption(image_path: str | Path, model_path: str | Path, infos_path: str | Path,
+                      options: CaptionVisOptions | None = None) -> CaptionReport:
+    """Caption one image and write where each word looked.
+
+    Writes ``word_{t}_{word}.png`` overlays, ``caption_strip.png`` and, per
+    refiner layer, ``attn_map_layer_{i}_{layer}.png`` / ``heatmap_layer_{i}_{layer}.png``
+    (``attn_raw_layer_{i}.npy`` with ``save_raw``).
+    """
+    from attnvis.models.aoanet import load_aoanet, read_infos
+
+    opts = options or CaptionVisOptions()
+    image = read_image(image_path)
+    cfg, _, opt = read_infos(infos_path)
+    fc, att, layout = _features(image, opt, cfg, opts)
+    captioner = load_aoanet(infos_path, model_path, backend=opts.backend, device=opts.device)
+    result = captioner.caption(fc, att, beam_size=opts.beam_size)
+    files = write_caption_maps(image, result, layout, opts)
+    return CaptionReport(result.sentences[0], files, result)
+
+
+def demo_caption(options: CaptionVisOptions | None = None, seed: int | None = None) -> CaptionReport:
+    """``attnvis demo --caption``: the shipped tiny captioner on a held-out synthetic scene.
+
+    Also writes the scene as ``scene.png``.
+    """
+    from attnvis import render
+    from attnvis.models import aoanet
+
+    opts = options or CaptionVisOptions()
+    scene = aoanet.make_caption_scene(aoanet.TINY_HELD_OUT_SEED + 7 if seed is None else seed)
+    fc, att = aoanet.tiny_features(aoanet.load_tiny_backbone(), scene.image)
+    result = aoanet.load_default_captioner(opts.backend).caption(fc, att, beam_size=opts.beam_size)
+    side = aoanet.TINY_IMAGE // aoanet.TINY_CELL
+    files = write_caption_maps(scene.image, result, FeatureLayout(grid=(side, side)), opts)
+    files.append(render.write_image(Path(opts.output) / "scene.png", scene.image))
+    return CaptionReport(result.sentences[0], files, result)
