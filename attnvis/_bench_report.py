@@ -6,12 +6,12 @@ import json
 import os
 from pathlib import Path
 
-#: (name, numerator variant, denominator variant, quantity, goal, "min" | "max")
+#: (name, numerator variant, denominator variant, quantity, goal, "min" | "max", devices), from issue 7
 GOALS = (
-    ("ort-all vs torch-eager, images/s", "ort-all", "torch-eager", "images_per_s", 1.0, "min"),
-    ("ort-cls / ort-all, map bytes", "ort-cls", "ort-all", "map_bytes_per_image", 1e-3, "max"),
-    ("ort-all / ort-plain - 1, latency", "ort-all", "ort-plain", "latency", 0.10, "max"),
-    ("best ORT vs torch-eager, images/s", "ort-best", "torch-eager", "images_per_s", 1.5, "min"),
+    ("ort-all vs torch-eager, images/s", "ort-all", "torch-eager", "images_per_s", 1.0, "min", ("cpu", "cuda")),
+    ("ort-cls / ort-all, map bytes", "ort-cls", "ort-all", "map_bytes_per_image", 1e-3, "max", ("cpu", "cuda")),
+    ("ort-all / ort-plain - 1, latency", "ort-all", "ort-plain", "latency", 0.10, "max", ("cpu", "cuda")),
+    ("best ORT vs torch-eager, images/s", "ort-best", "torch-eager", "images_per_s", 1.5, "min", ("cuda",)),
 )
 
 
@@ -26,14 +26,14 @@ def _pick(rows: dict[str, dict], name: str) -> dict | None:
     return max(ort, key=lambda r: r["images_per_s"]) if ort else None
 
 
-def goal_checks(rows: list[dict]) -> list[dict]:
-    """Each goal at each batch size where both of its variants were measured."""
+def goal_checks(rows: list[dict], device: str = "cpu") -> list[dict]:
+    """Each goal for ``device`` at each batch size where both of its variants were measured."""
     checks = []
     for batch in sorted({r["batch"] for r in rows}):
         by_name = {r["variant"]: r for r in rows if r["batch"] == batch}
-        for name, top, bottom, quantity, goal, sense in GOALS:
+        for name, top, bottom, quantity, goal, sense, devices in GOALS:
             a, b = _pick(by_name, top), _pick(by_name, bottom)
-            if a is None or b is None or not _value(b, quantity):
+            if device not in devices or a is None or b is None or not _value(b, quantity):
                 continue
             ratio = _value(a, quantity) / _value(b, quantity) - (1.0 if quantity == "latency" else 0.0)
             met = ratio >= goal if sense == "min" else ratio <= goal

@@ -23,7 +23,7 @@ INDEX_HTML = r"""<!DOCTYPE html>
   #detail { padding: 16px; }
   #detail .bar { display: flex; gap: 6px; flex-wrap: wrap; align-items: center; margin: 6px 0; }
   #detail .bar b { min-width: 64px; }
-  #detail img.main { max-width: 100%; max-height: 75vh; display: block; margin-top: 10px; }
+  #detail .main { max-width: 100%; max-height: 75vh; display: block; margin-top: 10px; }
   .muted { color: #888; }
 </style>
 <script src="gallery/run.js" defer></script>
@@ -103,7 +103,9 @@ function renderDetail(entries) {
   let maps = entry.maps.map((m) => ({ layer: m[0], head: m[1], overlay: m[2], heatmap: m[3], word: m[4] === undefined ? null : m[4] }));
   const word = pick(maps, "word", S.word); maps = maps.filter((m) => m.word === word.value);
   const layer = pick(maps, "layer", S.layer); maps = maps.filter((m) => m.layer === layer.value);
-  const head = pick(maps, "head", S.head); const map = maps.find((m) => m.head === head.value);
+  const grids = entry.grids ? entry.grids.layers[String(layer.value)] : null;
+  const head = pick(maps.concat(grids ? grids.map((_, h) => ({ head: h })) : []), "head", S.head);
+  const map = maps.find((m) => m.head === head.value);
   Object.assign(S, { layer: layer.value, head: head.value, word: word.value });
   const names = G.info.layers;
   const bar = (label, values, current, text, change) => el("div", { className: "bar" }, [el("b", { textContent: label }),
@@ -119,13 +121,47 @@ function renderDetail(entries) {
   kids.push(bar("layer", layer.values, layer.value, (l) => `${l}: ${names[l] || ""}`, (l) => ({ layer: l })));
   kids.push(bar("head", head.values, head.value, headName, (h) => ({ head: h })));
   kids.push(bar("view", ["overlay", "heatmap"], S.view, (v) => v, (v) => ({ view: v })));
-  kids.push(el("img", { className: "main", src: url(map[S.view]), alt: map[S.view] }));
+  if (map) kids.push(el("img", { className: "main", src: url(map[S.view]), alt: map[S.view] }));
+  else kids.push(el("div", { className: "muted", textContent: "head preview drawn by the browser from the 8-bit head grid (no file rendered for this head)" }),
+    ...preview(entry, grids[head.value], S.view));
   box.replaceChildren(...kids); box.hidden = false;
 }
 
+function bilinear(g, gh, gw, h, w) {
+  // (h, w) values from the (gh, gw) grid: half-pixel centres, clamped borders, as cv2.resize INTER_LINEAR
+  const taps = (n, src) => Array.from({ length: n }, (_, d) => {
+    const f = Math.min(Math.max((d + 0.5) * src / n - 0.5, 0), src - 1), i = Math.floor(f);
+    return [i, Math.min(i + 1, src - 1), f - i];
+  });
+  const ys = taps(h, gh), xs = taps(w, gw), out = new Float32Array(h * w);
+  ys.forEach(([y0, y1, fy], y) => xs.forEach(([x0, x1, fx], x) => {
+    const top = g[y0 * gw + x0] * (1 - fx) + g[y0 * gw + x1] * fx, bottom = g[y1 * gw + x0] * (1 - fx) + g[y1 * gw + x1] * fx;
+    out[y * w + x] = top * (1 - fy) + bottom * fy;
+  }));
+  return out;
+}
+function preview(entry, b64, view) {
+  const [gh, gw] = entry.grids.grid, [H, W] = entry.size, scale = Math.min(1, 800 / W);
+  const w = Math.max(1, Math.round(W * scale)), h = Math.max(1, Math.round(H * scale));
+  const vals = bilinear(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)), gh, gw, h, w);
+  let lo = Infinity, hi = -Infinity; vals.forEach((v) => { lo = Math.min(lo, v); hi = Math.max(hi, v); });
+  const lut = G.info.lut.match(/../g).map((b) => parseInt(b, 16));
+  const heat = el("canvas", { width: w, height: h, className: "main" }), data = heat.getContext("2d").createImageData(w, h);
+  vals.forEach((v, i) => {
+    const level = Math.min(255, Math.floor(255 * (v - lo) / (hi - lo || 1)));
+    data.data.set([lut[3 * level], lut[3 * level + 1], lut[3 * level + 2], 255], 4 * i);
+  });
+  heat.getContext("2d").putImageData(data, 0, 0);
+  if (view === "heatmap" || !entry.src) return [heat];
+  // Canvas pixels of a file:// image cannot be read back, but drawing with globalAlpha blends them.
+  const over = el("canvas", { width: w, height: h, className: "main" }), ctx = over.getContext("2d");
+  const src = el("img", { src: url(entry.src), hidden: true, alt: "source" });
+  src.addEventListener("load", () => { ctx.drawImage(src, 0, 0, w, h); ctx.globalAlpha = G.info.alpha; ctx.drawImage(heat, 0, 0); });
+  return [over, src];
+}
 function done() {
   const imgs = [...document.images], pending = imgs.filter((i) => !i.complete);
-  if (pending.length) { pending.forEach((i) => { i.onload = i.onerror = done; }); return; }
+  if (pending.length) { pending.forEach((i) => ["load", "error"].forEach((t) => i.addEventListener(t, done, { once: true }))); return; }
   const loaded = imgs.filter((i) => i.naturalWidth > 0).length;
   Object.assign(document.body.dataset, { state: "ready", loaded, broken: imgs.length - loaded });
 }

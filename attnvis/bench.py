@@ -269,7 +269,7 @@ def run_benchmark(config: BenchConfig) -> dict:
         "machine": _machine(device, threads), "model": _model_info(source, meta, shape),
         "variants": {n: {"description": VARIANTS[n][0], "provider": b.runner.provider, "setup_s": b.setup_s}
                      for n, b in built.items()},
-        "rows": rows, "checks": goal_checks(rows), "numba": numba,
+        "rows": rows, "checks": goal_checks(rows, device), "numba": numba,
     }
 
 

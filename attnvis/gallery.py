@@ -16,6 +16,7 @@ failed to load): what the headless-browser test checks.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from attnvis._gallery_html import INDEX_HTML
@@ -25,8 +26,8 @@ PAGE_SIZE = 200
 GALLERY_DIR = "gallery"
 
 
-def gallery_entry(record: dict) -> dict:
-    """The compact form of a manifest record the page needs."""
+def gallery_entry(record: dict, root: Path) -> dict:
+    """The compact form of a manifest record the page needs (paths relative to ``root``)."""
     entry = {"key": record["key"], "status": record["status"]}
     if record["status"] != "ok":
         entry["error"] = record.get("error") or "failed"
@@ -35,6 +36,9 @@ def gallery_entry(record: dict) -> dict:
                  maps=[[m["layer"], m.get("head"), m["overlay"], m["heatmap"], m.get("word")] for m in record.get("maps", [])])
     if record.get("words"):
         entry["words"] = record["words"]
+    if record.get("head_grids") and record.get("source"):  # head previews drawn over the source image
+        entry["grids"] = record["head_grids"]
+        entry["src"] = Path(os.path.relpath(record["source"], root)).as_posix()
     return entry
 
 
@@ -45,7 +49,8 @@ def _script(call: str, payload) -> bytes:
     return f"attnvisGallery.{call}({data});\n".encode()
 
 
-def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, title: str = "attnvis batch") -> Path:
+def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, title: str = "attnvis batch",
+                  colormap: str = "jet", alpha: float = 0.5) -> Path:
     """Write ``index.html`` and its data scripts into ``root``.
 
     Args:
@@ -53,10 +58,13 @@ def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, ti
         records: manifest records, in display order (ok and failed).
         meta: the model's metadata (layer names for the buttons).
         title: the page title.
+        colormap: the run's colormap (head previews are drawn with it).
+        alpha: the run's overlay weight.
 
     Returns:
         The path of ``index.html``.
     """
+    from attnvis.render import colormap_table
     from attnvis.render.writers import write_bytes_atomic
 
     root = Path(root)
@@ -64,9 +72,10 @@ def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, ti
     pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)] or [[]]
     run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": len(pages), "pageSize": PAGE_SIZE,
            "total": len(records), "ok": sum(r["status"] == "ok" for r in records),
-           "failed": sum(r["status"] != "ok" for r in records), "classes": meta.extra.get("classes")}
+           "failed": sum(r["status"] != "ok" for r in records), "classes": meta.extra.get("classes"),
+           "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha}
     for number, page in enumerate(pages):
-        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, [gallery_entry(r) for r in page]]))
+        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, [gallery_entry(r, root) for r in page]]))
     write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))
     return write_bytes_atomic(root / "index.html", INDEX_HTML.replace("{{TITLE}}", _escape(title)).encode("utf-8"))
 

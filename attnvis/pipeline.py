@@ -175,7 +175,8 @@ def _write_gallery(root: Path, items, plan) -> None:
 
     records = mf.load(root / mf.MANIFEST)
     ordered = [records[item.key] for item in items if item.key in records]
-    write_gallery(root, ordered, plan.metadata, title=f"attnvis batch: {plan.model}")
+    write_gallery(root, ordered, plan.metadata, title=f"attnvis batch: {plan.model}", colormap=plan.options.colormap,
+                  alpha=plan.options.alpha)
 
 
 # --------------------------------------------------------------------------- command line

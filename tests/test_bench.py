@@ -111,13 +111,14 @@ def _row(variant, ms, map_bytes, batch=8):
 def test_goal_checks_pass_and_fail():
     rows = [_row("torch-eager", 100.0, 1000.0), _row("ort-all", 80.0, 1000.0), _row("ort-cls", 60.0, 2.0),
             _row("ort-plain", 70.0, 0.0)]
-    checks = {c["check"]: c for c in _bench_report.goal_checks(rows)}
+    checks = {c["check"]: c for c in _bench_report.goal_checks(rows, "cuda")}
     assert checks["ort-all vs torch-eager, images/s"]["value"] == pytest.approx(1.25)
     assert checks["ort-all vs torch-eager, images/s"]["met"]
     assert not checks["ort-cls / ort-all, map bytes"]["met"]  # 2/1000 > 1/1000
     assert checks["ort-all / ort-plain - 1, latency"]["value"] == pytest.approx(80 / 70 - 1)
     assert not checks["ort-all / ort-plain - 1, latency"]["met"]
     assert checks["best ORT vs torch-eager, images/s"]["variant"] == "ort-cls"
+    assert "best ORT vs torch-eager, images/s" not in {c["check"] for c in _bench_report.goal_checks(rows, "cpu")}
 
 
 def test_host_peak_sees_an_allocation():

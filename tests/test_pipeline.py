@@ -110,6 +110,8 @@ def test_equal_names_in_two_subfolders_do_not_collide(model, tmp_path):
     assert batch(model, str(tmp_path / "in"), "--output", str(out)) == 0
     a, b = (out / sub / "x.png" / SEED_FILES[0] for sub in "ab")
     assert a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes()
+    grids = load(out / MANIFEST)["a/x.png"]["head_grids"]  # every head's grid, for the gallery's head buttons
+    assert grids["grid"] == [4, 4] and [len(grids["layers"][str(i)]) for i in range(2)] == [2, 2]
 
 
 def test_inputs_from_folder_glob_and_list_file(tmp_path):
@@ -134,6 +136,9 @@ def test_batch_writes_the_same_bytes_as_visualize(model, tmp_path):
     assert len(result.files) == 2 * 2 * 2 + 2  # layers × heads × (overlay, heatmap) + raw
     for path in result.files:
         assert (tmp_path / "out" / "one.png" / path.name).read_bytes() == path.read_bytes(), path.name
+    maps = load(tmp_path / "out" / MANIFEST)["one.png"]["maps"]
+    assert [(m["layer"], m["head"]) for m in maps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert maps[3]["overlay"] == "one.png/attn_map_layer_1_blocks.1.attn_head_1.png"
 
 
 def test_resume_skips_complete_images_and_redoes_missing_files(model, tmp_path, capsys):

@@ -83,6 +83,20 @@ def _session_members(sid: int) -> list[int]:
     return members
 
 
+def _running_stages(sid: int) -> list[str]:
+    """Titles of session ``sid``'s Ray workers that run one of our stages (``ray::MapBatches(render_batch)``, ...)."""
+    titles = []
+    for pid in _session_members(sid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(("ray::MapBatches", "ray::MapWorker")) and not title.endswith("__init__"):
+            titles.append(title)
+    return titles
+
+
 def _kill_session(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """SIGKILL every process of ``proc``'s session (a Ray node's processes and its workers), until none is left."""
     deadline = time.monotonic() + timeout
@@ -122,6 +136,9 @@ class LoopbackCluster:
             if self.nodes[name].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"ray node {name} did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+
+    def running_stages(self, name: str) -> list[str]:
+        return _running_stages(self.nodes[name].pid)
 
     def kill(self, name: str) -> None:
         _kill_session(self.nodes.pop(name))
@@ -218,7 +235,8 @@ def test_ray_engine_finishes_on_the_head_when_the_worker_node_dies(cluster, mode
     out_dir = tmp_path / "out"
     job = cluster.batch(str(tmp_path / "in"), "--model", model, "--batch-size", "2", "--output", str(out_dir))
     manifest, deadline = out_dir / MANIFEST, time.monotonic() + JOB_TIMEOUT_S
-    while not (manifest.is_file() and manifest.read_bytes().count(b"\n") >= 4):  # mid-run: some images are done
+    # mid-run: some images are done and the worker node is running a stage (an inference actor or a task)
+    while not (manifest.is_file() and manifest.read_bytes().count(b"\n") >= 4 and cluster.running_stages("worker")):
         assert job.poll() is None and time.monotonic() < deadline, finish(job)[1]
         time.sleep(0.05)
     done_at_kill = manifest.read_bytes().count(b"\n")

@@ -81,6 +81,7 @@ class Rendered:
     prediction: str | None = None
     raw: list[str] = field(default_factory=list)
     thumb: str | None = None
+    head_grids: dict | None = None
 
 
 def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[list[np.ndarray]], list[str | None]]:
@@ -109,8 +110,11 @@ def _predictions(maps, n: int) -> list[str | None]:
     return [classes[int(i)] for i in np.argmax(logits[:n], axis=1)]
 
 
-def _head_of(name: str) -> int | None:
-    return int(name.rsplit("_head_", 1)[1].split(".")[0]) if "_head_" in name else None
+def _heads(attn: np.ndarray, options: VisualizeOptions) -> list[int | None]:
+    """The heads :func:`attnvis.api.layer_images` renders for one layer (``None``: the mean)."""
+    if options.head is None and not options.avg_heads and attn.ndim == 3:
+        return list(range(attn.shape[0]))
+    return [options.head]
 
 
 def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan, prediction: str | None = None) -> Rendered:
@@ -128,9 +132,10 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     opts = plan.options
     named = layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False)
     files = [(f"{key}/{name}", encode_image(rgb, opts.format)) for name, rgb in named]
-    maps = [{"layer": int(name.split("_layer_")[1].split("_")[0]), "head": _head_of(name),
-             "overlay": files[j][0], "heatmap": files[j + 1][0]} for j, (name, _) in enumerate(named) if j % 2 == 0]
-    out = Rendered(key, files, maps, image.shape[:2], prediction)
+    pairs = iter(zip(files[0::2], files[1::2]))  # (overlay, heatmap) per map, in layer_files' order
+    maps = [{"layer": i, "head": h, "overlay": over[0], "heatmap": heat[0]}
+            for i, h, (over, heat) in ((i, h, next(pairs)) for i in plan.layers for h in _heads(attn[i], opts))]
+    out = Rendered(key, files, maps, image.shape[:2], prediction, head_grids=head_grids(attn, plan))
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
@@ -139,6 +144,26 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         out.thumb = f"{key}/{THUMB_NAME}"
         files.append((out.thumb, _thumbnail(named[-2][1])))
     return out
+
+
+def head_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
+    """Every head's grid of each rendered layer, 8-bit and base64, for the gallery's head previews.
+
+    A few hundred bytes per layer (a 12×12 grid × heads) let the gallery show
+    any head without writing its files. ``None`` when the maps have no head axis.
+    """
+    import base64
+
+    from attnvis.render import attention_grid
+
+    if any(attn[i].ndim != 3 for i in plan.layers):
+        return None  # reduced in-graph: no heads to show
+    layers = {}
+    for i in plan.layers:
+        grids = [attention_grid(attn[i], plan.metadata.tokens, head=h) for h in range(attn[i].shape[0])]  # each (h, w)
+        levels = [np.round(255 * (g - g.min()) / max(float(g.max() - g.min()), 1e-12)).astype(np.uint8) for g in grids]
+        layers[str(i)] = [base64.b64encode(level.tobytes()).decode("ascii") for level in levels]
+    return {"grid": list(plan.metadata.tokens.grid), "layers": layers}
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -199,6 +224,7 @@ def ok_record(source: str, rendered: Rendered, plan: RenderPlan) -> dict:
     return {"key": rendered.key, "source": source, "status": "ok", "error": None,
             "files": [rel for rel, _ in rendered.files], "maps": rendered.maps, "raw": rendered.raw,
             "thumb": rendered.thumb, "size": list(rendered.size), "prediction": rendered.prediction,
+            "head_grids": rendered.head_grids,
             "plan": plan.fingerprint, "time": round(time.time(), 3)}
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -592,7 +593,7 @@ TINY_BACKBONE = "tiny_aoanet_backbone.pth"
 class CaptionScene:
     """A synthetic scene: RGB ``(96, 96, 3)`` uint8, one box ``(x1, y1, x2, y2)`` per object."""
 
-    image: Any
+    image: np.ndarray
     boxes: list[tuple[int, int, int, int]]
     shapes: list[str]
     colours: list[str]
@@ -605,8 +606,6 @@ class CaptionScene:
 
 def make_caption_scene(seed: int) -> CaptionScene:
     """Draw scene ``seed``: 2-3 distinct shapes, listed in :data:`TINY_SHAPES` order."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     image = rng.normal(60, 12, (TINY_IMAGE, TINY_IMAGE, 3)).clip(0, 255).astype(np.uint8)
     count = int(rng.integers(2, 4))
@@ -633,7 +632,6 @@ def _place(rng, taken: list[tuple[int, int, int, int]]) -> tuple[int, int, int, 
 
 def _draw(image, shape: str, colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> None:
     import cv2
-    import numpy as np
 
     x1, y1, x2, y2 = box
     if shape == "circle":
@@ -663,8 +661,6 @@ class TinyBackbone(nn.Module):
 
 def tiny_pixels(images) -> torch.Tensor:
     """RGB uint8 ``(B, 96, 96, 3)`` (or one image) → normalised ``(B, 3, 96, 96)`` float."""
-    import numpy as np
-
     x = torch.from_numpy(np.ascontiguousarray(images)).float()
     x = x.unsqueeze(0) if x.dim() == 3 else x
     return (x.permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.25
@@ -673,7 +669,6 @@ def tiny_pixels(images) -> torch.Tensor:
 def tiny_features(backbone: TinyBackbone, images) -> tuple[torch.Tensor, torch.Tensor]:
     """``(fc (B, C), att (B, 64, C))`` for RGB uint8 96x96 images (fc = mean of the grid)."""
     import cv2
-    import numpy as np
 
     images = np.asarray(images)
     single = images.ndim == 3
@@ -693,9 +688,9 @@ def load_tiny_backbone() -> TinyBackbone:
     return backbone.eval()
 
 
-def load_default_captioner(backend: str = "torch") -> "Captioner":
+def load_default_captioner(backend: str = "torch", device: str = "cpu") -> "Captioner":
     """The tiny captioner shipped in ``assets`` (``attnvis demo --caption``).
 
     Its features come from :func:`load_tiny_backbone` via :func:`tiny_features`.
     """
-    return load_aoanet(ASSETS / TINY_INFOS, ASSETS / TINY_MODEL, backend=backend)
+    return load_aoanet(ASSETS / TINY_INFOS, ASSETS / TINY_MODEL, backend=backend, device=device)

@@ -715,19 +715,50 @@ def visualize_caption(image_path: str | Path, model_path: str | Path, infos_path
     return CaptionReport(result.sentences[0], files, result)
 
 
-def demo_caption(options: CaptionVisOptions | None = None, seed: int | None = None) -> CaptionReport:
+def demo_caption(output: str | Path = "attn_vis", device: str = "cpu", backend: str = "torch",
+                 beam_size: int = 1, seed: int | None = None) -> CaptionReport:
     """``attnvis demo --caption``: the shipped tiny captioner on a held-out synthetic scene.
 
-    Also writes the scene as ``scene.png``.
+    Writes the same files as :func:`visualize_caption` plus the scene as ``scene.png``.
     """
     from attnvis import render
     from attnvis.models import aoanet
 
-    opts = options or CaptionVisOptions()
+    opts = CaptionVisOptions(output=Path(output), beam_size=beam_size, device=resolve_device(device), backend=backend)
     scene = aoanet.make_caption_scene(aoanet.TINY_HELD_OUT_SEED + 7 if seed is None else seed)
     fc, att = aoanet.tiny_features(aoanet.load_tiny_backbone(), scene.image)
-    result = aoanet.load_default_captioner(opts.backend).caption(fc, att, beam_size=opts.beam_size)
+    captioner = aoanet.load_default_captioner(opts.backend, device=opts.device)
+    result = captioner.caption(fc, att, beam_size=opts.beam_size)
     side = aoanet.TINY_IMAGE // aoanet.TINY_CELL
     files = write_caption_maps(scene.image, result, FeatureLayout(grid=(side, side)), opts)
     files.append(render.write_image(Path(opts.output) / "scene.png", scene.image))
     return CaptionReport(result.sentences[0], files, result)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when PyTorch can use it, else ``cpu``; other names unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _cli_backend(name: str) -> str:
+    return "onnx" if name in ("ort", "onnx") else name
+
+
+def visualize_caption_cli(args: Any) -> int:
+    """``attnvis visualize --infos_path ...``: parsed arguments → :func:`visualize_caption`; prints one line."""
+    opts = CaptionVisOptions(
+        output=Path(args.output), att_feats=args.att_feats, boxes=args.boxes, backbone_weights=args.backbone_weights,
+        beam_size=args.beam_size, head=args.head, layer=args.layer, save_raw=args.save_raw, colormap=args.colormap,
+        alpha=args.alpha, device=resolve_device(args.device), backend=_cli_backend(args.backend))
+    report = visualize_caption(args.image, args.model, args.infos_path, opts)
+    print(f"caption: {report.sentence!r}; wrote {len(report.files)} files to {opts.output}")
+    return 0
+
+
+def demo_caption_cli(args: Any) -> int:
+    """``attnvis demo --caption``: parsed arguments → :func:`demo_caption`; prints one line."""
+    report = demo_caption(args.output, device=args.device, backend=_cli_backend(getattr(args, "backend", "torch")))
+    print(f"caption: {report.sentence!r}; wrote {len(report.files)} files to {args.output}")
+    return 0

@@ -52,6 +52,11 @@ def pair(tmp_path_factory):
     return C.Captioner.from_torch(model), onnx_cap, paths
 
 
+@pytest.fixture(scope="module")
+def torch_cap():
+    return C.Captioner.from_torch(make_model())
+
+
 def assert_same(a: C.CaptionResult, b: C.CaptionResult) -> None:
     np.testing.assert_array_equal(a.seq, b.seq)
     assert a.sentences == b.sentences
@@ -104,8 +109,7 @@ def test_option_combinations_export_and_agree(tmp_path, overrides):
         assert_same(torch_cap.caption(fc, att, m, beam_size=beam), onnx_cap.caption(fc, att, m, beam_size=beam))
 
 
-def test_greedy_logprobs_match_teacher_forcing(pair):
-    torch_cap, _, _ = pair
+def test_greedy_logprobs_match_teacher_forcing(torch_cap):
     fc, att, _ = inputs()
     res = torch_cap.caption(fc, att)
     seq = torch.cat([torch.zeros(3, 1, dtype=torch.long), torch.from_numpy(res.seq)], 1)
@@ -117,8 +121,7 @@ def test_greedy_logprobs_match_teacher_forcing(pair):
     assert np.all(forced.argmax(2).numpy()[words] == res.seq[words])
 
 
-def test_finished_rows_are_zero_after_the_end(pair):
-    torch_cap, _, _ = pair
+def test_finished_rows_are_zero_after_the_end(torch_cap):
     res = torch_cap.caption(*inputs(batch=3)[:2])
     for b in range(3):
         zeros = np.flatnonzero(res.seq[b] == 0)
@@ -140,26 +143,24 @@ def test_beam_search_never_picks_unk_but_greedy_may():
 
 
 def test_remove_bad_endings_forbids_eos_after_them():
-    model = make_model()
-    with torch.no_grad():
-        model.logit.bias[1] += 30.0  # "a" first ...
-        model.logit.bias[0] += 20.0  # ... then the end
-    cap = C.Captioner.from_torch(model)
-    fc, att, _ = inputs()
-    assert cap.caption(fc, att).sentences[0] == "a"
-    kept = cap.caption(fc, att, options=C.DecodeOptions(remove_bad_endings=True))
-    assert kept.seq[0, 1] != 0
+    logprobs = torch.zeros(3, UNK + 1)
+    prev = torch.tensor([1, 3, 2])  # "a" and "the" are bad endings, "circle" is not
+    opts = C.DecodeOptions(remove_bad_endings=True)
+    blocked = C._block_words(logprobs, prev, opts, [1, 2])
+    assert blocked[:, 0].tolist() == [float("-inf"), 0.0, float("-inf")]
+    assert torch.all(blocked[:, 1:] == 0) and torch.all(logprobs == 0)  # out of place
+    same = C._block_words(logprobs, prev, C.DecodeOptions(), [1, 2])
+    assert torch.equal(same, logprobs)
 
 
 def test_decode_sequence_as_the_reference():
     seq = np.array([[3, 7, 1, 0, 5], [0, 4, 4, 4, 4], [5, 1, 2, 0, 0]])
-    assert C.decode_sequence(VOCAB, seq) == ["circle and a", "", "square a the"]
-    assert C.decode_sequence(VOCAB, seq, remove_bad_endings=True) == ["circle and", "", "square"]
+    assert C.decode_sequence(VOCAB, seq) == ["red and a", "", "blue a the"]
+    assert C.decode_sequence(VOCAB, seq, remove_bad_endings=True) == ["red and", "", "blue"]
     assert C.decode_sequence({"1": "play@@", "2": "ing"}, np.array([[1, 2]])) == ["playing"]
 
 
-def test_bad_inputs_raise_input_errors(pair, tmp_path):
-    torch_cap, _, _ = pair
+def test_bad_inputs_raise_input_errors(torch_cap, tmp_path):
     fc, att, masks = inputs()
     with pytest.raises(InputError, match=r"att_feats must be \(B, N, 10\)"):
         torch_cap.caption(fc, att[:, :, :7])
@@ -206,6 +207,31 @@ def test_visualize_regions_writes_every_file(tmp_path):
     assert overlay.shape == (60, 80, 3) and not np.all(overlay == 90)
 
 
+def test_visualize_cli_entry_point(tmp_path, capsys):
+    import argparse
+    import pickle
+
+    import cv2
+
+    model = make_model()
+    torch.save(model.state_dict(), tmp_path / "model.pth")
+    with (tmp_path / "infos.pkl").open("wb") as f:
+        pickle.dump({"opt": model.cfg.to_opt(), "vocab": VOCAB}, f, protocol=2)
+    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((30, 30, 3), np.uint8))
+    np.savez(tmp_path / "feat.npz", feat=inputs()[1][0])
+    np.save(tmp_path / "boxes.npy", np.tile(np.array([[0, 0, 10, 10]], np.float32), (6, 1)))
+    args = argparse.Namespace(image=tmp_path / "img.png", model=tmp_path / "model.pth", infos_path=tmp_path / "infos.pkl",
+                              output=tmp_path / "o", att_feats=tmp_path / "feat.npz", boxes=tmp_path / "boxes.npy",
+                              backbone_weights=None, beam_size=2, head=1, layer=3, save_raw=False, colormap="jet",
+                              alpha=0.4, device="auto", backend="torch")
+    assert C.visualize_caption_cli(args) == 0
+    assert "caption:" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").glob("heatmap_layer_*")) == ["heatmap_layer_3_refiner_layers_3_self_attn.png"]
+    args.head = 9
+    with pytest.raises(InputError, match=r"head 9 out of range: this model has heads 0..3"):
+        C.visualize_caption_cli(args)
+
+
 def test_visualize_needs_features(tmp_path):
     opts = C.CaptionVisOptions(output=tmp_path)
     with pytest.raises(InputError, match="cannot read image"):
@@ -213,7 +239,7 @@ def test_visualize_needs_features(tmp_path):
 
 
 def test_resnet_grid_features_have_the_reference_shapes():
-    net = C.reference_resnet(None)
+    net = C.reference_resnet(None, depth=50)  # same blocks as 101, cheaper to build
     assert net.maxpool.ceil_mode and net.layer2[0].conv1.stride == (2, 2)
     fc, att = C.resnet_grid_features(net, np.zeros((64, 48, 3), np.uint8))
     assert fc.shape == (1, 2048) and att.shape == (1, 196, 2048)
@@ -246,7 +272,7 @@ def test_tiny_captioner_names_objects_and_looks_at_them():
 
 
 def test_demo_caption_writes_the_strip(tmp_path):
-    report = C.demo_caption(C.CaptionVisOptions(output=tmp_path))
+    report = C.demo_caption(tmp_path)
     assert report.sentence
     assert (tmp_path / "caption_strip.png").is_file() and (tmp_path / "scene.png").is_file()
     assert (tmp_path / "heatmap_layer_0_refiner_layers_0_self_attn.png").is_file()
