@@ -27,9 +27,13 @@ def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
 SETTLE_S = 0.01
 
 
-def interleaved(runs: dict[str, Callable[[], int]], warmup: int, repeats: int,
-                settle_s: float = SETTLE_S) -> dict[str, list[float]]:
+def interleaved(runs: dict[str, Callable[[], int]], warmup: int, repeats: int, settle_s: float = SETTLE_S,
+                cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Time each callable ``repeats`` times, round-robin, after ``warmup`` untimed calls each.
+
+    Args:
+        cpu: if given, filled per name with the process CPU seconds (all threads) of each timed
+            call: on a machine shared with other jobs it varies less than wall time.
 
     Returns:
         Per name, the wall-clock seconds of each timed call.
@@ -41,9 +45,11 @@ def interleaved(runs: dict[str, Callable[[], int]], warmup: int, repeats: int,
     for _ in range(repeats):
         for name, run in runs.items():
             time.sleep(settle_s)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             times[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - start_cpu)
     return times
 
 

@@ -115,6 +115,8 @@ def write_plot(result: dict, path: Path) -> Path:
     ax.set_xticks(sorted({r["batch"] for r in result["rows"]}))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s (median, IQR bars)")
     ax.set_title(f"{result['model']['name']} on {result['config']['device']} [{result['machine']['device_name']}]",

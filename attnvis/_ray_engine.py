@@ -20,8 +20,9 @@ Failure semantics: a bad image becomes a ``failed`` record in the decode
 task; a task or actor lost with its node is retried by Ray Data (its defaults:
 tasks ``max_retries=-1``, actors ``max_restarts=-1`` and ``max_task_retries=-1``), and a retried render first
 removes the temporary files its killed attempt left. Rows between stages
-are Arrow tables of strings and pickled NumPy payloads, so variable image
-sizes never meet Arrow's tensor types.
+are Arrow tables of strings and pickled NumPy payloads (``image``, ``data``),
+so variable image sizes never meet Arrow's tensor types, and the inference
+actor passes the image column through without touching it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from attnvis.errors import AttnvisError, InputError
 
 INSTALL_HINT = 'pip install "attnvis[ray]"'
 _NO_RECORD = ""  # the "record" column of a row still in flight (no manifest line yet)
+_FATAL = "fatal_os_error"  # a render task's OSError, carried to the driver as a record and raised there
 
 
 def import_ray():
@@ -54,37 +56,47 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401 - the ``data`` extra: pyarrow, pandas
     except ImportError as err:
-        raise InputError(f"--engine ray needs Ray Data, which is not installed ({err.name or err}): {INSTALL_HINT}") from None
+        missing = err.name or err
+        raise InputError(f"--engine ray needs Ray Data, which is not installed ({missing}): {INSTALL_HINT}") from None
     return ray
 
 
 # --------------------------------------------------------------------------- stages as Ray Data UDFs
 
 
+_BINARY = frozenset({"image", "data"})  # pickled NumPy payloads; every other column is a string
+
+
 def _table(columns: dict[str, list]):
-    """An Arrow table of string columns and one ``payload`` column of (large) binary."""
+    """An Arrow table of string columns and (large) binary payload columns."""
     import pyarrow as pa
 
-    return pa.table({name: pa.array(values, pa.large_binary() if name == "payload" else pa.string())
+    return pa.table({name: pa.array(values, pa.large_binary() if name in _BINARY else pa.string())
                      for name, values in columns.items()})
 
 
-def decode_batch(batch, plan: RenderPlan, max_pixels: int):
-    """Decode task: rows (path, key) → rows (path, key, record, payload).
+def _dumps(value) -> bytes:
+    return pickle.dumps(value, protocol=5)
 
-    ``payload`` is the pickled (RGB image, model tensor); a bad file gets its
-    ``failed`` manifest record instead and an empty payload.
+
+def decode_batch(batch, plan: RenderPlan, max_pixels: int):
+    """Decode task: rows (path, key) → rows (path, key, record, image, data).
+
+    ``image`` is the pickled RGB image (H, W, 3) and ``data`` the pickled model
+    tensor (C, h, w); a bad file gets its ``failed`` manifest record instead
+    and empty payloads.
     """
     from attnvis.batch.stages import decode_item
 
-    out = {"path": [], "key": [], "record": [], "payload": []}
+    out = {"path": [], "key": [], "record": [], "image": [], "data": []}
     for path, key in zip(batch.column("path").to_pylist(), batch.column("key").to_pylist()):
         result = decode_item(Item(path, key), plan, max_pixels)
         failed = isinstance(result, dict)
         out["path"].append(path)
         out["key"].append(key)
         out["record"].append(json.dumps(result) if failed else _NO_RECORD)
-        out["payload"].append(b"" if failed else pickle.dumps((result.image, result.tensor), protocol=5))
+        out["image"].append(b"" if failed else _dumps(result.image))
+        out["data"].append(b"" if failed else _dumps(result.tensor))
     return _table(out)
 
 
@@ -116,32 +128,36 @@ class InferActor:
         self.batch_size = batch_size
 
     def __call__(self, batch):
-        """Rows with a decoded payload → rows whose payload is (image, per-layer maps, prediction)."""
+        """Rows' ``data``: model tensor → (per-layer maps, prediction); the images pass through untouched."""
+        import pyarrow as pa
+
         from attnvis.batch.stages import infer
 
-        records, payloads = batch.column("record").to_pylist(), batch.column("payload").to_pylist()
+        records, data = batch.column("record").to_pylist(), batch.column("data").to_pylist()
         todo = [i for i, record in enumerate(records) if record == _NO_RECORD]
         for start in range(0, len(todo), self.batch_size):  # Ray Data keeps batches ≤ batch_size; be sure
             chunk = todo[start:start + self.batch_size]
-            decoded = [pickle.loads(payloads[i]) for i in chunk]  # (image (H, W, 3), tensor (C, h, w))
-            maps, predictions = infer(self.session, [tensor for _, tensor in decoded], self.batch_size)
-            for i, (image, _), attn, prediction in zip(chunk, decoded, maps, predictions):
-                payloads[i] = pickle.dumps((image, attn, prediction), protocol=5)
-        return _table({"path": batch.column("path").to_pylist(), "key": batch.column("key").to_pylist(),
-                       "record": records, "payload": payloads})
+            maps, predictions = infer(self.session, [pickle.loads(data[i]) for i in chunk], self.batch_size)
+            for i, attn, prediction in zip(chunk, maps, predictions):
+                data[i] = _dumps((attn, prediction))  # attn: per layer (heads, Q, K)
+        return batch.set_column(batch.schema.get_field_index("data"), "data", pa.array(data, pa.large_binary()))
 
 
 def render_batch(batch, plan: RenderPlan, root: str):
-    """Render task: render, encode and write each inferred row; every row leaves with its record."""
+    """Render task: render, encode and write each inferred row; every row leaves with its manifest record."""
     from attnvis.batch.decode import Decoded
     from attnvis.batch.stages import render_item
 
     records, no_tensor = [], np.empty((0,), np.float32)  # render_item reads the image only
-    for path, key, record, payload in zip(*(batch.column(c).to_pylist() for c in ("path", "key", "record", "payload"))):
+    columns = (batch.column(c).to_pylist() for c in ("path", "key", "record", "image", "data"))
+    for path, key, record, image, data in zip(*columns):
         if record == _NO_RECORD:
-            image, attn, prediction = pickle.loads(payload)
-            rendered = render_item(Item(path, key), Decoded(image, no_tensor), attn, prediction, plan, Path(root))
-            record = json.dumps(rendered)
+            attn, prediction = pickle.loads(data)
+            decoded = Decoded(pickle.loads(image), no_tensor)
+            try:
+                record = json.dumps(render_item(Item(path, key), decoded, attn, prediction, plan, Path(root)))
+            except OSError as err:  # disk full, permissions: fatal for the run, as locally; Ray would bury it in
+                record = json.dumps({_FATAL: [err.errno, err.strerror, err.filename]})  # a UDF error's text
         records.append(record)
     return _table({"record": records})
 
@@ -149,16 +165,29 @@ def render_batch(batch, plan: RenderPlan, root: str):
 # --------------------------------------------------------------------------- the engine
 
 
-def model_file(config) -> Path:
-    """The ``.onnx`` file the driver's session was opened on (exported and cached for a PyTorch model).
+def check_config(config) -> None:
+    """The Ray engine's own argument checks, before any work (:func:`attnvis.pipeline.run_batch` calls it first).
 
     Raises:
-        InputError: ``--backend torch`` (the Ray engine runs ONNX Runtime sessions).
+        InputError: Ray is not installed, a negative ``--num-gpus-per-worker``,
+            ``--device cuda`` without GPUs for the actors, or ``--backend torch``.
     """
+    import_ray()
+    gpus = config.num_gpus_per_worker
+    if gpus < 0:
+        raise InputError(f"--num-gpus-per-worker {gpus:g} must be 0 (CPU inference actors) or more")
+    if config.device == "cuda" and not gpus:
+        raise InputError("--device cuda with --engine ray: give --num-gpus-per-worker 1 so that Ray puts each "
+                         "inference actor on a GPU")
+    if config.backend != "ort":
+        raise InputError(f"--engine ray runs ONNX Runtime sessions; --backend {config.backend} is local only: "
+                         "use --backend ort")
+
+
+def model_file(config) -> Path:
+    """The ``.onnx`` file the driver's session was opened on (for a PyTorch model: its cached export)."""
     from attnvis.runtime.loader import exported_path
 
-    if config.backend != "ort":
-        raise InputError(f"--engine ray runs ONNX Runtime sessions; --backend {config.backend} is local only: use --backend ort")
     if config.model and config.model.lower().endswith(".onnx"):
         return Path(config.model)
     return exported_path(config.model, weights=config.weights)  # made by the driver's open_model already
@@ -176,14 +205,10 @@ class RayEngine:
     """
 
     def __init__(self, config, plan: RenderPlan, root: Path):
+        check_config(config)
         self.ray = import_ray()
         self.config, self.plan, self.root = config, plan, Path(root).resolve()
-        self.gpus = float(getattr(config, "num_gpus_per_worker", 0) or 0)
-        if self.gpus < 0:
-            raise InputError(f"--num-gpus-per-worker {self.gpus:g} must be 0 (CPU actors) or more")
-        if config.device == "cuda" and self.gpus == 0:
-            raise InputError("--device cuda with --engine ray: give --num-gpus-per-worker 1 so that Ray puts each "
-                             "inference actor on a GPU")
+        self.gpus = float(config.num_gpus_per_worker)
         self.model = model_file(config)
 
     def run(self, items: Iterable[Item], sink: Callable[[dict], None]) -> None:
@@ -194,9 +219,12 @@ class RayEngine:
         started = self._connect()
         try:
             for batch in self._dataset(items).iter_batches(batch_format="pyarrow", batch_size=None):
-                for record in batch.column("record").to_pylist():
-                    sink(json.loads(record))
-        except self.ray.exceptions.RayTaskError as err:
+                for line in batch.column("record").to_pylist():
+                    record = json.loads(line)
+                    if _FATAL in record:
+                        raise OSError(*record[_FATAL])  # the run stops at the first I/O error, as locally
+                    sink(record)
+        except self.ray.exceptions.RayError as err:
             raise _user_error(err) from None
         finally:
             if started:
@@ -213,8 +241,9 @@ class RayEngine:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING, configure_logging=True)
         except ConnectionError as err:
-            raise InputError(f"--address {address}: no Ray cluster there ({str(err).splitlines()[0]}); start one with "
-                             "'ray start --head' or leave --address out to run Ray on this machine") from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"--address {address}: cannot join a Ray cluster there ({reason}); start one with "
+                             "'ray start --head', or leave --address out to run Ray on this machine") from None
         return True
 
     def _dataset(self, items: list[Item]):
@@ -246,16 +275,31 @@ class RayEngine:
         return 4 * self.model.stat().st_size + (512 << 20)
 
     def _max_actors(self) -> int:
-        """Inference actors: one per GPU share when actors take GPUs, else one per alive node."""
+        """Upper bound of the inference actor pool (Ray Data grows it from 1 while actors are the bottleneck).
+
+        GPU actors: one per ``--num-gpus-per-worker`` share of the cluster's GPUs.
+        CPU actors: one per 4 CPUs, at least one per node: one ORT thread infers
+        the default model ~10× faster than one CPU renders and writes its files.
+        """
         resources = self.ray.cluster_resources()
         if self.gpus:
             return max(1, int(resources.get("GPU", 0) // self.gpus))
-        return max(1, sum(1 for node in self.ray.nodes() if node.get("Alive")))
+        nodes = sum(1 for node in self.ray.nodes() if node.get("Alive"))
+        return max(1, nodes, int(resources.get("CPU", 0)) // 4)
 
 
-def _user_error(err) -> BaseException:
-    """A task's own error (bad output folder, a model error in an actor) as the local engine would raise it."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, (AttnvisError, OSError)):
-        return cause
+def _user_error(err: BaseException) -> BaseException:
+    """The error a stage raised (bad output folder, a model error in an actor), unwrapped from Ray's wrappers.
+
+    Ray Data raises ``RayTaskError(UserCodeException)`` chained to the stage's
+    own exception; an ``AttnvisError`` or ``OSError`` in that chain is raised
+    as the local engine would raise it (one line from the CLI). Anything
+    else is Ray's own failure and stays as it is.
+    """
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (AttnvisError, OSError)):
+            return cause
+        seen.add(id(cause))
+        cause = getattr(cause, "cause", None) or cause.__cause__
     return err

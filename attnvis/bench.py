@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from attnvis.errors import InputError
 
 @dataclass(frozen=True)
@@ -164,6 +162,8 @@ def _say(message: str) -> None:
 def _build_all(variants, files, source, device, threads, n_outputs, batch_max, shape) -> dict:
     """Build every variant; on CUDA, the device memory each holds after a call at the largest batch."""
     from attnvis import _bench_measure as measure
+    import numpy as np
+
     from attnvis._bench_variants import TORCH_VARIANTS, Built, build
 
     built = {}
@@ -191,12 +191,15 @@ def _build_all(variants, files, source, device, threads, n_outputs, batch_max, s
 
 
 def _measure_batch(built: dict, batch: int, shape, config: BenchConfig, device: str) -> list[dict]:
+    import numpy as np
+
     from attnvis import _bench_measure as measure
     from attnvis._bench_variants import TORCH_VARIANTS
 
     x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
     runs = {name: (lambda b=b: b.runner.run(x)) for name, b in built.items()}
-    times = measure.interleaved(runs, config.warmup, config.repeats)
+    cpu: dict[str, list[float]] = {}
+    times = measure.interleaved(runs, config.warmup, config.repeats, cpu=cpu)
     rows = []
     for name, b in built.items():
         map_bytes = b.runner.run(x)  # untimed: the bytes one call leaves on the host
@@ -207,7 +210,8 @@ def _measure_batch(built: dict, batch: int, shape, config: BenchConfig, device: 
         stats = measure.latency_stats(times[name])
         rows.append({"variant": name, "batch": batch, "latency_ms": stats,
                      "images_per_s": batch * 1e3 / stats["median"], "map_bytes_per_image": map_bytes / batch,
-                     "host_peak_mb": host, "host_setup_mb": b.host_setup_mb, "device_mb": dev})
+                     "cpu_ms": measure.latency_stats(cpu[name]), "host_peak_mb": host,
+                     "host_setup_mb": b.host_setup_mb, "device_mb": dev})
     return rows
 
 

@@ -36,6 +36,7 @@ def test_bench_writes_json_markdown_and_plot(bench_run):
         lat = row["latency_ms"]
         assert 0 < lat["min"] <= lat["q1"] <= lat["median"] <= lat["q3"] <= lat["max"] and lat["n"] == 2
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1e3 / lat["median"])
+        assert row["cpu_ms"]["n"] == 2 and row["cpu_ms"]["median"] >= 0
     assert result["numba"]["first_call_s"] > 0 and result["numba"]["steady_call_ms"] > 0
     markdown = out.with_suffix(".md").read_text()
     assert "| variant | batch |" in markdown and markdown.count("| ort-cls |") == 2
@@ -92,9 +93,11 @@ def test_bench_flags_rejected():
 def test_interleaved_is_round_robin_after_warmups():
     calls = []
     runs = {name: (lambda name=name: calls.append(name)) for name in "ABC"}
-    times = _bench_measure.interleaved(runs, warmup=2, repeats=3, settle_s=0)
+    cpu = {}
+    times = _bench_measure.interleaved(runs, warmup=2, repeats=3, settle_s=0, cpu=cpu)
     assert calls == list("AABBCC") + list("ABC") * 3
     assert {k: len(v) for k, v in times.items()} == {"A": 3, "B": 3, "C": 3}
+    assert {k: len(v) for k, v in cpu.items()} == {"A": 3, "B": 3, "C": 3}
 
 
 def test_latency_stats_quartiles():

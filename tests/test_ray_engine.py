@@ -38,6 +38,7 @@ from attnvis.pipeline import EXIT_SOME_FAILED
 N_IMAGES = 50
 NODE_START_S = 180  # ray start on a loaded 2-core machine takes 20-40 s
 JOB_TIMEOUT_S = 420
+SEED_OVERLAY = "attn_map_layer_1_blocks.1.attn.png"
 
 
 def ray_cli() -> str:
@@ -176,7 +177,8 @@ def model(tmp_path_factory) -> str:
     net = TinyViT(TinyViTConfig(image_size=32, patch_size=8, dim=16, depth=2, heads=2, num_classes=3)).eval()
     pre = Preprocess(size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
     tokens = TokenLayout(prefix_tokens=1, grid=(4, 4), cls_index=0, prefix_names=("cls",))
-    source = ModelSource(net, (torch.zeros(2, 3, 32, 32),), tokens, pre, "tiny-test", extra={"classes": ["a", "b", "c"]})
+    extra = {"classes": ["a", "b", "c"]}
+    source = ModelSource(net, (torch.zeros(2, 3, 32, 32),), tokens, pre, "tiny-test", extra=extra)
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
     export_onnx(source, path, validate=False)
     return str(path)
@@ -229,9 +231,25 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_bytes(cluster, model, 
     assert sorted(remote_files) == sorted(local_files)
     assert [name for name in local_files if remote_files[name] != local_files[name]] == []
 
+    # --resume through Ray: only the image whose outputs went missing is redone, to the same bytes
+    (remote / keys[7] / SEED_OVERLAY).unlink()
+    code, out = finish(cluster.batch(*args, "--output", str(remote), "--resume"))
+    assert code == EXIT_SOME_FAILED and f"1 done, {N_IMAGES - 1} skipped" in out, out
+    assert tree(remote) == remote_files
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(model, tmp_path, monkeypatch, capsys):
+    Image.fromarray(make_scene(0)[0]).save(tmp_path / "one.png")
+    for name in ("ray", "ray.data"):
+        monkeypatch.setitem(sys.modules, name, None)  # import ray → ImportError, as when it is not installed
+    code = main(["batch", str(tmp_path / "one.png"), "--model", model, "--output", str(tmp_path / "out"),
+                 "--device", "cpu", "--no-progress", "--engine", "ray"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and 'pip install "attnvis[ray]"' in err, err
+
 
 def test_ray_engine_finishes_on_the_head_when_the_worker_node_dies(cluster, model, tmp_path):
-    keys = make_inputs(tmp_path / "in", N_IMAGES, size=(640, 480))  # larger images: renders take long enough to be caught
+    keys = make_inputs(tmp_path / "in", N_IMAGES, size=(640, 480))  # larger: renders last long enough to be caught
     out_dir = tmp_path / "out"
     job = cluster.batch(str(tmp_path / "in"), "--model", model, "--batch-size", "2", "--output", str(out_dir))
     manifest, deadline = out_dir / MANIFEST, time.monotonic() + JOB_TIMEOUT_S

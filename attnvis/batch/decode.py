@@ -3,7 +3,7 @@
 The header is checked before any pixel is decoded (PIL opens lazily), so an
 enormous image or an unsupported pixel mode costs one small read, not a
 gigabyte of RAM. The pixels are then decoded by OpenCV through
-:func:`attnvis.runtime.preprocess.decode_image`, as ``visualize`` does, so
+:func:`attnvis.runtime.images.decode_image`, as ``visualize`` does, so
 both commands see the same RGB array (EXIF orientation applied).
 """
 
@@ -76,7 +76,7 @@ def decode(path: str, name: str, pre: Preprocess | None, max_pixels: int = DEFAU
     Raises:
         InputError: missing/unreadable file or a bad image (see :func:`probe`).
     """
-    from attnvis.runtime.preprocess import decode_image, preprocess
+    from attnvis.runtime.images import decode_image, preprocess
 
     try:
         with open(path, "rb") as f:

@@ -52,7 +52,7 @@ def _walk(folder: Path, exclude: str) -> list[str]:
 def _glob_root(pattern: str) -> Path:
     """The folder part of a glob before its first wildcard: the root its keys are relative to."""
     parts = Path(pattern).parts
-    plain = [p for p in parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]]
+    plain = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
     return Path(*plain) if plain else Path(".")
 
 

@@ -1,13 +1,31 @@
-"""Export: make every attention layer's weights an output of an ONNX graph (or TorchScript module)."""
+"""Export: make every attention layer's weights an output of an ONNX graph (or TorchScript module).
 
-from attnvis.export.capture import capture_attention, register_attention_hooks
-from attnvis.export.metadata import LayerInfo, ModelMetadata, Preprocess, TokenLayout
-from attnvis.export.onnx import ExportReport, export_onnx, export_torchscript
-from attnvis.export.registry import list_adapters, register_adapter
-from attnvis.export.sources import ModelSource, load_source
+Names are imported on first use, so that reading metadata (``attnvis.export.metadata``)
+does not load torch: an ``.onnx`` run never needs it.
+"""
 
-__all__ = [
-    "ExportReport", "LayerInfo", "ModelMetadata", "ModelSource", "Preprocess", "TokenLayout",
-    "capture_attention", "export_onnx", "export_torchscript", "list_adapters", "load_source",
-    "register_adapter", "register_attention_hooks",
-]
+import importlib
+
+_LAZY = {
+    "capture_attention": "attnvis.export.capture",
+    "register_attention_hooks": "attnvis.export.capture",
+    "LayerInfo": "attnvis.export.metadata",
+    "ModelMetadata": "attnvis.export.metadata",
+    "Preprocess": "attnvis.export.metadata",
+    "TokenLayout": "attnvis.export.metadata",
+    "ExportReport": "attnvis.export.onnx",
+    "export_onnx": "attnvis.export.onnx",
+    "export_torchscript": "attnvis.export.onnx",
+    "list_adapters": "attnvis.export.registry",
+    "register_adapter": "attnvis.export.registry",
+    "ModelSource": "attnvis.export.sources",
+    "load_source": "attnvis.export.sources",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnvis.export' has no attribute {name!r}")

@@ -34,7 +34,7 @@ from torch import nn
 
 from attnvis.errors import ModelError
 from attnvis.export.metadata import LayerInfo, ModelMetadata, TokenLayout
-from attnvis.models.aoanet import NUM_REFINER_LAYERS, AoAModel, build_model
+from attnvis.models.aoanet import NUM_REFINER_LAYERS, AoAModel, build_model, read_infos
 
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder_step.onnx"
@@ -179,8 +179,14 @@ def export_aoanet(model_path: str | Path, infos_path: str | Path, output_dir: st
         output_dir: directory to write into (created).
         validate: run both graphs with ONNX Runtime on a batch with padded
             regions and compare every output with eager PyTorch.
+
+    The token layout is ``regions`` unless the infos' options name a feature
+    ``grid`` (h, w), as the tiny captioner's do.
     """
-    return export_model(build_model(infos_path, model_path), output_dir, validate=validate)
+    _, _, opt = read_infos(infos_path)
+    grid = getattr(opt, "grid", None)
+    tokens = TokenLayout(kind="grid", grid=(int(grid[0]), int(grid[1]))) if grid else None
+    return export_model(build_model(infos_path, model_path), output_dir, validate=validate, tokens=tokens)
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

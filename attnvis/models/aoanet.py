@@ -575,7 +575,7 @@ def load_aoanet(infos_path: str | Path, model_path: str | Path, backend: str = "
 #
 # A small AoANet trained by tools/train_tiny_captioner.py on synthetic scenes:
 # two or three coloured shapes on a noisy background; the caption names them
-# in a fixed shape order ("a red circle and a blue triangle"). Grid features
+# in a fixed colour order ("a red circle and a blue triangle"). Grid features
 # come from TinyBackbone (trained jointly), 8x8 cells of 12x12 pixels.
 
 TINY_COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
@@ -598,6 +598,12 @@ class CaptionScene:
     shapes: list[str]
     colours: list[str]
 
+    def object_of(self, words: list[str], t: int) -> int | None:
+        """The object that word ``t`` of a generated caption names (by the colour before it), or None."""
+        if t == 0 or words[t] not in TINY_SHAPES or words[t - 1] not in self.colours:
+            return None
+        return self.colours.index(words[t - 1])
+
     @property
     def caption(self) -> str:
         parts = [f"a {c} {s}" for c, s in zip(self.colours, self.shapes)]
@@ -605,24 +611,30 @@ class CaptionScene:
 
 
 def make_caption_scene(seed: int) -> CaptionScene:
-    """Draw scene ``seed``: 2-3 distinct shapes, listed in :data:`TINY_SHAPES` order."""
+    """Draw scene ``seed``: 2-3 objects of distinct colours, listed in :data:`TINY_COLOURS` order.
+
+    Colours come in a fixed order and shapes may repeat, so the caption's
+    colour words follow from which colours are present, while each shape
+    word needs a look at that colour's object.
+    """
     rng = np.random.default_rng(seed)
     image = rng.normal(60, 12, (TINY_IMAGE, TINY_IMAGE, 3)).clip(0, 255).astype(np.uint8)
     count = int(rng.integers(2, 4))
-    shapes = sorted(rng.choice(len(TINY_SHAPES), count, replace=False).tolist())
-    colours = [str(c) for c in rng.choice(list(TINY_COLOURS), count, replace=True)]
+    names = list(TINY_COLOURS)
+    colours = [names[i] for i in sorted(rng.choice(len(names), count, replace=False).tolist())]
+    shapes = [TINY_SHAPES[int(i)] for i in rng.integers(0, len(TINY_SHAPES), count)]
     boxes: list[tuple[int, int, int, int]] = []
-    for shape in shapes:
+    for _ in range(count):
         boxes.append(_place(rng, boxes))
     for shape, colour, box in zip(shapes, colours, boxes):
-        _draw(image, TINY_SHAPES[shape], TINY_COLOURS[colour], box)
-    return CaptionScene(image, boxes, [TINY_SHAPES[s] for s in shapes], colours)
+        _draw(image, shape, TINY_COLOURS[colour], box)
+    return CaptionScene(image, boxes, shapes, colours)
 
 
 def _place(rng, taken: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
-    """A random square box of 20-30 px that keeps 4 px away from the boxes ``taken``."""
-    for _ in range(200):
-        size = int(rng.integers(20, 31))
+    """A random square box of 24-34 px that keeps 4 px away from the boxes ``taken``."""
+    for _ in range(500):
+        size = int(rng.integers(24, 35))
         x1, y1 = (int(v) for v in rng.integers(2, TINY_IMAGE - size - 2, 2))
         box = (x1, y1, x1 + size, y1 + size)
         if all(box[0] > b[2] + 4 or box[2] < b[0] - 4 or box[1] > b[3] + 4 or box[3] < b[1] - 4 for b in taken):

@@ -7,10 +7,13 @@ import json
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from attnvis.errors import InputError
-from attnvis.export.sources import load_source
 from attnvis.runtime.session import OrtSession
-from attnvis.runtime.torch_backend import TorchSession
+
+if TYPE_CHECKING:
+    from attnvis.runtime.torch_backend import TorchSession
 
 BACKENDS = ("ort", "torch")
 
@@ -39,6 +42,7 @@ def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -
 def exported_path(spec: str | None, *, weights: str | None = None, reduce: str = "none", image_size=None) -> Path:
     """The cached ONNX export of ``spec``, made (and validated) on first use."""
     from attnvis.export.onnx import export_onnx
+    from attnvis.export.sources import load_source
 
     path = cache_dir() / "onnx" / f"{_cache_key(spec, weights, reduce, image_size)}.onnx"
     if not path.exists():
@@ -56,7 +60,7 @@ def open_model(
     reduce: str = "none",
     threads: int | None = None,
     image_size: tuple[int, int] | None = None,
-) -> OrtSession | TorchSession:
+) -> "OrtSession | TorchSession":
     """Open ``spec`` (``.onnx`` file, ``default``, HF dir, ``timm:NAME``, ...) on a backend.
 
     A PyTorch model on the ``ort`` backend is exported first; the export is
@@ -70,5 +74,8 @@ def open_model(
     if is_onnx:
         return OrtSession(spec, device=device, threads=threads)
     if backend == "torch":
+        from attnvis.export.sources import load_source
+        from attnvis.runtime.torch_backend import TorchSession
+
         return TorchSession(load_source(spec, weights=weights, image_size=image_size), device=device, reduce=reduce, threads=threads)
     return OrtSession(exported_path(spec, weights=weights, reduce=reduce, image_size=image_size), device=device, threads=threads)

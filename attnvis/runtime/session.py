@@ -9,7 +9,7 @@ import numpy as np
 from attnvis.errors import DeviceError, InputError, ModelError
 from attnvis.export.metadata import ModelMetadata
 from attnvis.runtime.maps import AttentionMaps
-from attnvis.runtime.preprocess import preprocess
+from attnvis.runtime.images import preprocess
 
 DEVICES = ("auto", "cuda", "cpu")
 CUDA = "CUDAExecutionProvider"

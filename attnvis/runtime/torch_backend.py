@@ -15,7 +15,7 @@ from attnvis.export.onnx import build_metadata
 from attnvis.export.sources import ModelSource
 from attnvis.export.wrapper import AttentionOutputs
 from attnvis.runtime.maps import AttentionMaps
-from attnvis.runtime.preprocess import preprocess
+from attnvis.runtime.images import preprocess
 
 
 def _torch_device(device: str) -> torch.device:

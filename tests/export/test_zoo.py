@@ -37,16 +37,15 @@ def timm_oracle(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
 
 def mha_oracle(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     """torchvision ViT: each layer's ``nn.MultiheadAttention`` weights (need_weights, per head)."""
-    inputs, handles = [], []
-    for layer in model.encoder.layers:
-        handles.append(layer.self_attention.register_forward_pre_hook(lambda m, args: inputs.append((m, args[0]))))
-    try:
-        with torch.no_grad():
-            model(x)
-            return [m(h, h, h, need_weights=True, average_attn_weights=False)[1].numpy() for m, h in inputs]
-    finally:
-        for handle in handles:
-            handle.remove()
+    inputs = []
+    handles = [layer.self_attention.register_forward_pre_hook(lambda m, args: inputs.append((m, args[0])))
+               for layer in model.encoder.layers]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:  # before calling the modules again, or each call would record itself
+        handle.remove()
+    with torch.no_grad():
+        return [m(h, h, h, need_weights=True, average_attn_weights=False)[1].numpy() for m, h in inputs]
 
 
 def save_random(model: torch.nn.Module, path) -> str:
@@ -145,7 +144,7 @@ def test_unsupported_families_say_what_was_found(load, name, match):
 
 
 @pytest.mark.parametrize("call,error,match", [
-    (lambda: zoo.load_timm("vit_tiny_patch16_2244"), InputError, "timm has no model 'vit_tiny_patch16_2244'; similar: vit"),
+    (lambda: zoo.load_timm("vit_tiny_patch16_2244"), InputError, "timm has no model 'vit_tiny_patch16_2244'; similar: vit_tiny_patch16_224"),
     (lambda: zoo.load_torchvision("vit_z_99"), InputError, "torchvision has no model 'vit_z_99'.*vit_b_16"),
     (lambda: zoo.load_torchvision("vit_b_16", image_size=(224, 320)), InputError, "square"),
     (lambda: zoo.load_timm("vit_tiny_patch16_224", weights="/nonexistent/w.pth"), InputError, "weights file not found"),
@@ -161,7 +160,7 @@ def test_corrupt_or_mismatched_weights(tmp_path):
     with pytest.raises(ModelError, match="cannot read weights .*bad.pth"):
         zoo.load_timm("vit_tiny_patch16_224", weights=str(corrupt))
     other = save_random(timm.create_model("deit_tiny_distilled_patch16_224"), tmp_path / "deit.pth")
-    with pytest.raises(ModelError, match="do not fit timm model 'vit_tiny_patch16_224'.*unexpected .*dist_token"):
+    with pytest.raises(ModelError, match="do not fit timm model 'vit_tiny_patch16_224'.*size mismatch for pos_embed"):
         zoo.load_timm("vit_tiny_patch16_224", weights=other)
 
 
@@ -176,3 +175,22 @@ def test_conv_grid_handles_non_square_and_padding():
     conv = torch.nn.Conv2d(3, 8, kernel_size=16, stride=16)
     assert zoo.conv_grid(conv, (224, 320)) == (14, 20)
     assert zoo.conv_grid(torch.nn.Conv2d(3, 8, 7, stride=4, padding=3), (32, 48)) == (8, 12)
+
+
+def test_cli_visualize_timm_with_local_weights(tmp_path):
+    import cv2
+
+    from attnvis.cli import main
+
+    torch.manual_seed(0)
+    weights = save_random(timm.create_model("vit_tiny_patch16_224"), tmp_path / "w.pth")
+    image = np.random.default_rng(0).integers(0, 255, (180, 260, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "x.jpg"), image)
+    out = tmp_path / "attn_vis"
+    code = main(["visualize", "--model", "timm:vit_tiny_patch16_224", "--weights", weights,
+                 "--image", str(tmp_path / "x.jpg"), "--layer", "11", "--save-raw", "--output", str(out)])
+    assert code == 0
+    raw = np.load(out / "attn_raw_layer_11.npy")
+    assert raw.shape == (1, 3, 197, 197)  # CLS + 14×14 patches, as the model lays them out
+    overlays = sorted(out.glob("attn_map_layer_11_*.png"))
+    assert overlays and cv2.imread(str(overlays[0])).shape == (180, 260, 3)  # painted back onto the image

@@ -169,11 +169,13 @@ def test_max_length_falls_back_to_seq_length_as_the_reference():
     assert config(max_length=5, seq_length=16).decode_length == 5
 
 
-def test_tiny_scenes_are_reproducible_and_named_in_shape_order():
+def test_tiny_scenes_are_reproducible_and_named_in_colour_order():
     a, b = A.make_caption_scene(123), A.make_caption_scene(123)
     assert np.array_equal(a.image, b.image) and a.boxes == b.boxes
-    assert a.shapes == sorted(a.shapes, key=A.TINY_SHAPES.index)
-    assert len(a.shapes) == len(set(a.shapes)) >= 2
+    assert a.colours == sorted(a.colours, key=list(A.TINY_COLOURS).index)
+    assert len(a.colours) == len(set(a.colours)) >= 2
+    words = a.caption.split()
+    assert [a.object_of(words, t) for t in range(len(words))].count(None) == len(words) - len(a.shapes)
     for box in a.boxes:  # each object is drawn inside its box
         x1, y1, x2, y2 = box
         assert a.image[y1:y2 + 1, x1:x2 + 1].max() > 150

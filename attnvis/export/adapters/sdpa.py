@@ -40,6 +40,8 @@ def attention_weights(q, k, attn_mask=None, is_causal=False, scale=None, enable_
         else:
             scores = scores + attn_mask
     weights = scores.softmax(dim=-1)
+    if attn_mask is None:  # unmasked or causal: every row keeps at least one key
+        return weights
     all_masked = scores.amax(dim=-1, keepdim=True) == float("-inf")
     return weights.masked_fill(all_masked, 0.0)
 

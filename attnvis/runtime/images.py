@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -41,16 +42,23 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def _resize(image: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """Resize (and center-crop when ``resize_short``) to ``pre.size`` with PIL, as timm/HF/torchvision do."""
+    """Resize (and center-crop when ``resize_short``) to ``pre.size`` with PIL, as timm/HF/torchvision do.
+
+    With ``resize_short`` the image is first resized to ``floor(size / crop_pct)``
+    — its short side for a square target (torchvision ``Resize(int)``), both
+    sides for a non-square one (timm's eval transform) — then center-cropped.
+    """
     out_h, out_w = pre.size
     pil = Image.fromarray(image)
     resample = _PIL_FILTERS.get(pre.interpolation, Image.BILINEAR)
     if not pre.resize_short:
         return np.asarray(pil.resize((out_w, out_h), resample))
-    short = int(round(min(out_h, out_w) / pre.crop_pct))
+    scale_h, scale_w = (math.floor(s / pre.crop_pct + 1e-6) for s in (out_h, out_w))
     w, h = pil.size
-    # torchvision's Resize(int) / CenterCrop arithmetic (timm and HF pipelines use it too).
-    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if scale_h == scale_w:  # torchvision's Resize(int) arithmetic
+        size = (scale_w, int(scale_w * h / w)) if w <= h else (int(scale_h * w / h), scale_h)
+    else:
+        size = (scale_w, scale_h)
     pil = pil.resize(size, resample)
     left, top = int(round((size[0] - out_w) / 2.0)), int(round((size[1] - out_h) / 2.0))
     return np.asarray(pil.crop((left, top, left + out_w, top + out_h)))
