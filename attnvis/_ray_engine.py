@@ -2,8 +2,8 @@
 
 ``attnvis batch --engine ray`` runs the same stage functions as the local
 engine (:func:`attnvis.batch.stages.decode_item`, :func:`~attnvis.batch.stages.infer`
-and :func:`~attnvis.batch.stages.render_item`), so the output tree, the file
-bytes and the manifest lines are the same; only where they run changes::
+and :func:`~attnvis.batch.stages.render_item`), so the output tree, the files
+and the manifest lines are the same; only where they run changes::
 
     items ─► from_items ─► decode (CPU tasks) ─► infer (actor pool: one ORT session
           per actor, CUDA when Ray gives the actor a GPU) ─► render + encode + write
@@ -17,9 +17,11 @@ on one machine, a shared file system on a cluster). The model travels in
 Ray's object store: nodes need attnvis installed, not the model file.
 
 Failure semantics: a bad image becomes a ``failed`` record in the decode
-task; a task or actor lost with its node is retried by Ray Data (its defaults:
-tasks ``max_retries=-1``, actors ``max_restarts=-1`` and ``max_task_retries=-1``), and a retried render first
-removes the temporary files its killed attempt left. Rows between stages
+task; a task or actor lost with its node is retried by Ray Data (its
+defaults: tasks ``max_retries=-1``, actors ``max_restarts=-1`` and
+``max_task_retries=-1``), and a retried render first removes the temporary
+files its killed attempt left; an ``OSError`` while writing stops the run, as
+locally. Rows between stages
 are Arrow tables of strings and pickled NumPy payloads (``image``, ``data``),
 so variable image sizes never meet Arrow's tensor types, and the inference
 actor passes the image column through without touching it.

@@ -115,9 +115,9 @@ def _pair(text: str, flag: str) -> tuple[int, int]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.caption:
-        from attnvis.runtime.caption import demo_caption
+        from attnvis.runtime.caption import demo_caption_cli
 
-        return demo_caption(args.output, device=args.device)
+        return demo_caption_cli(args)
     from attnvis.api import visualize_attention_on_image
     from attnvis.models.tiny import sample_image_path
 

@@ -23,7 +23,7 @@ from attnvis.api import VisualizeOptions
 from attnvis.batch.decode import DEFAULT_MAX_PIXELS
 from attnvis.errors import InputError
 
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 EXIT_SOME_FAILED = 3  # distinct from 1 (I/O error) and 2 (bad argument)
 
 
@@ -51,6 +51,8 @@ class BatchConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
     engine: str = "local"
+    address: str | None = None
+    num_gpus_per_worker: float = 0.0
     gallery: bool = True
 
 
@@ -97,6 +99,10 @@ def _check(config: BatchConfig) -> None:
         raise InputError(f"--engine {config.engine!r} is not one of {', '.join(ENGINES)}")
     if not 0.0 <= config.options.alpha <= 1.0:
         raise InputError(f"--alpha {config.options.alpha} must be in [0, 1]")
+    if config.engine == "ray":
+        from attnvis._ray_engine import check_config
+
+        check_config(config)  # Ray installed, GPUs, backend: before any work
 
 
 def open_session(config: BatchConfig):
@@ -141,6 +147,11 @@ def run_batch(config: BatchConfig) -> BatchSummary:
 
 def _engine(config: BatchConfig, session, plan, root: Path):
     from attnvis.batch.local import LocalEngine
+
+    if config.engine == "ray":
+        from attnvis._ray_engine import RayEngine
+
+        return RayEngine(config, plan, root)
 
     return LocalEngine(session, plan, root, config.batch_size, config.workers, config.max_pixels)
 
@@ -202,6 +213,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--no-gallery", dest="gallery", action="store_false", help="do not write index.html")
     parser.add_argument("--engine", default="local", choices=ENGINES, help="where the stages run")
+    parser.add_argument("--address", default=None,
+                        help="--engine ray: the cluster, auto or HOST:PORT (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--num-gpus-per-worker", type=float, default=BatchConfig.num_gpus_per_worker,
+                        help="--engine ray: GPUs per inference actor (0: CPU actors)")
 
 
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
@@ -213,7 +228,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     return BatchConfig(inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
                        device=args.device, backend=args.backend, threads=args.threads, options=options,
                        batch_size=args.batch_size, workers=args.workers, resume=args.resume,
-                       max_pixels=args.max_pixels, progress=args.progress, engine=args.engine, gallery=args.gallery)
+                       max_pixels=args.max_pixels, progress=args.progress, engine=args.engine, gallery=args.gallery,
+                       address=args.address, num_gpus_per_worker=args.num_gpus_per_worker)
 
 
 def run_batch_cli(args: argparse.Namespace) -> int:

@@ -173,10 +173,10 @@ def write_sample() -> pathlib.Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=350)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--train-scenes", type=int, default=6000)
+    parser.add_argument("--train-scenes", type=int, default=12000)
     parser.add_argument("--eval-scenes", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 is fastest on a busy 2-core machine")

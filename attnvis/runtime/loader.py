@@ -32,6 +32,10 @@ def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -
 
     parts = {"spec": spec or "default", "reduce": reduce, "image_size": image_size,
              "attnvis": __version__, "torch": torch.__version__}
+    if spec in (None, "", "default"):  # the embedded model: key on its shipped weights file
+        from importlib import resources
+
+        spec = str(resources.files("attnvis.models") / "assets" / "tiny_vit.pt")
     for name, path in (("weights", weights), ("spec_file", spec)):
         if path and Path(path).exists():
             stat = Path(path).stat()
