@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from attnvis._lazy import lazy_attributes
+
 try:
     __version__ = _metadata.version("attnvis")
 except _metadata.PackageNotFoundError:  # running from a source tree
@@ -22,10 +24,4 @@ _LAZY = {
     "register_attention_hooks": "attnvis.export.capture",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attnvis' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

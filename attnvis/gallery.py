@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from attnvis._gallery_html import INDEX_HTML
+from attnvis.batch.gallery_html import INDEX_HTML
 from attnvis.export.metadata import ModelMetadata
 
 PAGE_SIZE = 200

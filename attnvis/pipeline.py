@@ -100,7 +100,7 @@ def _check(config: BatchConfig) -> None:
     if not 0.0 <= config.options.alpha <= 1.0:
         raise InputError(f"--alpha {config.options.alpha} must be in [0, 1]")
     if config.engine == "ray":
-        from attnvis._ray_engine import check_config
+        from attnvis.batch.ray_engine import check_config
 
         check_config(config)  # Ray installed, GPUs, backend: before any work
 
@@ -149,7 +149,7 @@ def _engine(config: BatchConfig, session, plan, root: Path):
     from attnvis.batch.local import LocalEngine
 
     if config.engine == "ray":
-        from attnvis._ray_engine import RayEngine
+        from attnvis.batch.ray_engine import RayEngine
 
         return RayEngine(config, plan, root)
 

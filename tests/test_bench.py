@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnvis import _bench_measure, _bench_report
+from attnvis.bench import _measure as _bench_measure, _report as _bench_report
 from attnvis.cli import main
 
 MICRO = ["bench", "--preset", "vit-micro", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--threads", "1"]

@@ -4,7 +4,7 @@ Names are imported on first use, so that reading metadata (``attnvis.export.meta
 does not load torch: an ``.onnx`` run never needs it.
 """
 
-import importlib
+from attnvis._lazy import lazy_attributes
 
 _LAZY = {
     "capture_attention": "attnvis.export.capture",
@@ -23,9 +23,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attnvis.export' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from attnvis.errors import ModelError
 from attnvis.export.metadata import LayerInfo, ModelMetadata, TokenLayout
+from attnvis.export.onnx import save_model
 from attnvis.models.aoanet import NUM_REFINER_LAYERS, AoAModel, build_model, read_infos
 
 ENCODER_FILE = "encoder.onnx"
@@ -133,14 +133,7 @@ def _dynamic_axes():
 
 def _save(proto: onnx.ModelProto, output: Path, meta: ModelMetadata) -> Path:
     """Write with metadata under a temporary name, then rename (nothing half-written)."""
-    onnx.helper.set_model_props(proto, meta.to_props())
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_model(proto, output, meta.to_props())
     return output
 
 

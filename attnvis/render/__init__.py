@@ -17,7 +17,7 @@ Public API:
 
 from __future__ import annotations
 
-import importlib
+from attnvis._lazy import lazy_attributes
 
 _LAZY = {
     "COLORMAPS": "attnvis.render.colormaps",
@@ -41,15 +41,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip __getattr__
-        return value
-    raise AttributeError(f"module 'attnvis.render' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -3,7 +3,7 @@
 Names are imported on first use: an ``.onnx`` run loads ONNX Runtime, never torch.
 """
 
-import importlib
+from attnvis._lazy import lazy_attributes
 
 _LAZY = {
     "BACKENDS": "attnvis.runtime.loader",
@@ -18,9 +18,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'attnvis.runtime' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -123,7 +123,7 @@ def _default_threads() -> int:
 
 
 def _load(config: BenchConfig):
-    from attnvis._bench_models import preset_source
+    from attnvis.bench._models import preset_source
     from attnvis.export.sources import load_source
 
     source = preset_source(config.preset) if config.preset else load_source(
@@ -135,7 +135,7 @@ def _load(config: BenchConfig):
 
 
 def _files(config: BenchConfig, source, variants: list[str], device: str, folder: Path) -> dict[str, Path]:
-    from attnvis._bench_models import export_file
+    from attnvis.bench._models import export_file
 
     needed = {VARIANTS[v][1] for v in variants} - {None}
     files = {}
@@ -146,7 +146,7 @@ def _files(config: BenchConfig, source, variants: list[str], device: str, folder
 
 
 def _cache_folder(config: BenchConfig) -> Path:
-    from attnvis._bench_models import cache_key
+    from attnvis.bench._models import cache_key
     from attnvis.runtime.loader import cache_dir
 
     parts = {"model": config.model or "default", "preset": config.preset, "weights": config.weights,
@@ -161,10 +161,10 @@ def _say(message: str) -> None:
 # ---------------------------------------------------------------- measurement
 def _build_all(variants, files, source, device, threads, n_outputs, batch_max, shape) -> dict:
     """Build every variant; on CUDA, the device memory each holds after a call at the largest batch."""
-    from attnvis import _bench_measure as measure
+    from attnvis.bench import _measure as measure
     import numpy as np
 
-    from attnvis._bench_variants import TORCH_VARIANTS, Built, build
+    from attnvis.bench._variants import TORCH_VARIANTS, Built, build
 
     built = {}
     x = np.zeros((batch_max, *shape), np.float32)
@@ -193,8 +193,8 @@ def _build_all(variants, files, source, device, threads, n_outputs, batch_max, s
 def _measure_batch(built: dict, batch: int, shape, config: BenchConfig, device: str) -> list[dict]:
     import numpy as np
 
-    from attnvis import _bench_measure as measure
-    from attnvis._bench_variants import TORCH_VARIANTS
+    from attnvis.bench import _measure as measure
+    from attnvis.bench._variants import TORCH_VARIANTS
 
     x = np.random.default_rng(batch).standard_normal((batch, *shape), dtype=np.float32)
     runs = {name: (lambda b=b: b.runner.run(x)) for name, b in built.items()}
@@ -245,8 +245,8 @@ def run_benchmark(config: BenchConfig) -> dict:
     """
     import torch
 
-    from attnvis._bench_report import goal_checks
-    from attnvis._bench_variants import check_variants, default_variants
+    from attnvis.bench._report import goal_checks
+    from attnvis.bench._variants import check_variants, default_variants
     from attnvis.export.onnx import build_metadata
 
     config.check()
@@ -284,7 +284,7 @@ def _model_info(source, meta, shape) -> dict:
 
 
 def _numba(meta, source) -> dict:
-    from attnvis._bench_measure import numba_timing
+    from attnvis.bench._measure import numba_timing
 
     grid = meta.tokens.grid or (14, 14)
     size = source.preprocess.size if source.preprocess else (224, 224)
@@ -294,7 +294,7 @@ def _numba(meta, source) -> dict:
 # ---------------------------------------------------------------- outputs and CLI
 def write_outputs(result: dict, json_path: str | Path | None, plot_path: str | Path | None = None) -> list[Path]:
     """Write the JSON, the markdown table beside it (``.md``) and the plot (``--plot``, else ``.png`` beside it)."""
-    from attnvis._bench_report import write_json, write_markdown, write_plot
+    from attnvis.bench._report import write_json, write_markdown, write_plot
 
     written = []
     if json_path:
@@ -358,6 +358,6 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
 
 def _summary(result: dict) -> str:
-    from attnvis._bench_report import summary_text
+    from attnvis.bench._report import summary_text
 
     return summary_text(result)
