@@ -119,6 +119,20 @@ def _prediction(maps) -> str | None:
     return classes[int(np.argmax(logits[0]))]
 
 
+def _session(model, device: str, session_args: dict):
+    """An open session as is; a model object on the PyTorch backend; a spec through open_model."""
+    from attnvis.runtime import open_model
+
+    if hasattr(model, "run_images"):
+        return model
+    if hasattr(model, "named_modules"):  # an nn.Module handed over in Python
+        from attnvis.export.sources import module_source
+        from attnvis.runtime import TorchSession
+
+        return TorchSession(module_source(model), device=device, threads=session_args.get("threads"))
+    return open_model(model, device=device, **session_args)
+
+
 def visualize_attention_on_image(
     model=None,
     image_path: str | Path = "",
@@ -134,8 +148,10 @@ def visualize_attention_on_image(
 
     Args:
         model: a ``--model`` spec (``None``/"default", ``.onnx`` file, HF
-            directory, ``timm:NAME``, ...) or an open session
-            (:func:`attnvis.runtime.open_model`).
+            directory, ``timm:NAME``, ...), an open session
+            (:func:`attnvis.runtime.open_model`), or a model object
+            (``nn.Module``; run eagerly with the capture hooks, see
+            :func:`attnvis.export.sources.module_source`).
         image_path: the image to explain.
         output_dir: folder for ``attn_map_layer_{i}_{name}.png``,
             ``heatmap_layer_{i}_{name}.png`` and ``attn_raw_layer_{i}.npy``.
@@ -148,12 +164,12 @@ def visualize_attention_on_image(
             :class:`VisualizeOptions`), and for a spec ``backend``,
             ``weights``, ``threads``.
     """
-    from attnvis.runtime import load_image, open_model
+    from attnvis.runtime import load_image
 
     session_args = {k: options.pop(k) for k in ("backend", "weights", "threads") if k in options}
     opts = replace(VisualizeOptions(layer=layer, head=head, avg_heads=avg_heads, save_raw=save_raw), **options)
     image = load_image(image_path)
-    session = model if hasattr(model, "run_images") else open_model(model, device=device, **session_args)
+    session = _session(model, device, session_args)
     layers = check_selection(session.metadata, opts)
     maps = session.run_images([image])
     out = Path(output_dir)

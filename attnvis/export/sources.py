@@ -116,3 +116,45 @@ def load_source(
     if ":" in spec and not spec.startswith(":"):
         return factory_source(spec, input_shape, tokens)
     raise InputError(f"--model {spec!r} is not a file, a directory, 'default', timm:NAME, torchvision:NAME or package.module:factory")
+
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _square(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def module_source(model: nn.Module) -> ModelSource:
+    """A :class:`ModelSource` for a model object handed over in Python.
+
+    The embedded tiny ViT, timm, Hugging Face and torchvision ViTs are
+    recognized; any other model declares ``model.attnvis_tokens`` (a
+    :class:`TokenLayout`) and ``model.attnvis_preprocess`` (a :class:`Preprocess`).
+
+    Raises:
+        ModelError: the layout of an unrecognized model is not declared.
+    """
+    from attnvis.export import zoo
+
+    kind = type(model).__module__.split(".")[0]
+    if type(model).__name__ == "TinyViT" and type(model).__module__ == "attnvis.models.tiny":
+        source = default_source()
+        return ModelSource(model.eval(), source.example_inputs, source.tokens, source.preprocess, "TinyViT", extra=source.extra)
+    if kind == "timm":
+        size = _square(model.patch_embed.img_size) if getattr(model.patch_embed, "img_size", None) else (224, 224)
+        tokens, pre = zoo.timm_layout(model, size), zoo.timm_preprocess(model, size)
+    elif kind == "transformers":
+        size = _square(getattr(model.config, "image_size", 224))
+        mean, std = (0.5,) * 3, (0.5,) * 3
+        tokens, pre = zoo.hf_layout(model, size), Preprocess(size=size, mean=mean, std=std)
+    elif kind == "torchvision" and hasattr(model, "patch_size"):
+        size = _square(model.image_size)
+        tokens = TokenLayout(1, (size[0] // model.patch_size, size[1] // model.patch_size), "grid", 0, ("cls",))
+        pre = Preprocess(size=size, mean=_IMAGENET[0], std=_IMAGENET[1], resize_short=True, crop_pct=0.875)
+    elif getattr(model, "attnvis_tokens", None) is not None and getattr(model, "attnvis_preprocess", None) is not None:
+        tokens, pre = model.attnvis_tokens, model.attnvis_preprocess
+    else:
+        raise ModelError(f"attnvis does not know how {type(model).__name__}'s tokens map to the image: set "
+                         "model.attnvis_tokens (TokenLayout) and model.attnvis_preprocess (Preprocess), or pass a --model spec")
+    return ModelSource(model.eval(), (torch.zeros(2, 3, *pre.size),), tokens, pre, type(model).__name__)
