@@ -92,23 +92,13 @@ def layer_files(
 
 def render_layers(maps, image: np.ndarray, out: Path, layers: list[int], options: VisualizeOptions) -> list[Path]:
     """Write the seed guide's files for each chosen layer of batch item 0."""
-    from attnvis.render import write_image
+    from attnvis.render.writers import encode_npy, write_bytes_atomic, write_image
 
     jobs = [(out / name, rgb) for name, rgb in layer_files([m[0] for m in maps.maps], image, maps.metadata, layers, options)]
-    files = [_save_npy(out / f"attn_raw_layer_{i}.npy", maps[i][:1]) for i in layers] if options.save_raw else []
+    files = [write_bytes_atomic(out / f"attn_raw_layer_{i}.npy", encode_npy(maps[i][:1])) for i in layers] if options.save_raw else []
     with ThreadPoolExecutor() as pool:  # PNG encoding releases the GIL
         list(pool.map(lambda job: write_image(job[0], job[1], options.format), jobs))
     return [path for path, _ in jobs] + files
-
-
-def _save_npy(path: Path, array: np.ndarray) -> Path:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-    return path
 
 
 def _prediction(maps) -> str | None:

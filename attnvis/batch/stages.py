@@ -10,7 +10,6 @@ the inputs and :class:`RenderPlan`, never on the engine or on batch boundaries.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -127,7 +126,7 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         plan: the run's plan.
         prediction: the model's class for the image, if any.
     """
-    from attnvis.render import encode_image
+    from attnvis.render.writers import encode_image, encode_npy
 
     opts = plan.options
     named = layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False)
@@ -139,7 +138,7 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
-            files.append((out.raw[-1], _npy_bytes(attn[i][None])))  # (1, heads, Q, K) as visualize writes
+            files.append((out.raw[-1], encode_npy(attn[i][None])))  # (1, heads, Q, K) as visualize writes
     if plan.thumbs and named:
         out.thumb = f"{key}/{THUMB_NAME}"
         files.append((out.thumb, _thumbnail(named[-2][1])))
@@ -164,12 +163,6 @@ def head_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
         levels = [np.round(255 * (g - g.min()) / max(float(g.max() - g.min()), 1e-12)).astype(np.uint8) for g in grids]
         layers[str(i)] = [base64.b64encode(level.tobytes()).decode("ascii") for level in levels]
     return {"grid": list(plan.metadata.tokens.grid), "layers": layers}
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 def _thumbnail(rgb: np.ndarray) -> bytes:

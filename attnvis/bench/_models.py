@@ -84,12 +84,12 @@ def export_plain(source: ModelSource, output: Path) -> Path:
     The file carries attnvis metadata with the layers of the probe, so that
     :class:`~attnvis.runtime.OrtSession` opens it; it simply has no ``attn_*`` outputs.
     """
-    from attnvis.export.onnx import OPSET, _quiet, build_metadata, save_model
+    from attnvis.export.onnx import OPSET, build_metadata, quiet_export, save_model
 
     meta = build_metadata(source, "none")
     names = source.input_names()
     dynamic = (tuple({0: torch.export.Dim("batch")} for _ in names),)
-    with _quiet():
+    with quiet_export():
         program = torch.onnx.export(_PlainOutputs(source.model).eval(), source.example_inputs, dynamo=True,
                                     opset_version=OPSET, input_names=names, output_names=meta.model_outputs,
                                     dynamic_shapes=dynamic, external_data=False, verbose=False)

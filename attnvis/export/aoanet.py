@@ -21,9 +21,6 @@ calling the encoder, as the original does.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,7 @@ from torch import nn
 
 from attnvis.errors import ModelError
 from attnvis.export.metadata import LayerInfo, ModelMetadata, TokenLayout
-from attnvis.export.onnx import save_model
+from attnvis.export.onnx import quiet_export, save_model
 from attnvis.models.aoanet import NUM_REFINER_LAYERS, AoAModel, build_model, read_infos
 
 ENCODER_FILE = "encoder.onnx"
@@ -107,16 +104,8 @@ def _json_safe(values: dict) -> dict:
     return {k: v for k, v in values.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The exporter prints progress and warns about internals users cannot act on."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
 def _trace(module: nn.Module, inputs: tuple, input_names, output_names, dynamic: tuple) -> onnx.ModelProto:
-    with _quiet(), torch.no_grad():
+    with quiet_export(), torch.no_grad():
         program = torch.onnx.export(module.eval(), inputs, dynamo=True, opset_version=OPSET,
                                     input_names=list(input_names), output_names=list(output_names),
                                     dynamic_shapes=dynamic, external_data=False, verbose=False)

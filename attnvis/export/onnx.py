@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from attnvis.export.capture import capture_attention
 from attnvis.export.metadata import ModelMetadata
 from attnvis.export.sources import ModelSource
 from attnvis.export.wrapper import AttentionOutputs, probe
+from attnvis.render.writers import write_bytes_atomic
 
 OPSET = 20
 MAP_TOLERANCE = 1e-5
@@ -61,7 +61,7 @@ def build_metadata(source: ModelSource, reduction: str) -> ModelMetadata:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_export():
     """The exporter prints progress and warns about internals users cannot act on."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -72,7 +72,7 @@ def _trace(source: ModelSource, meta: ModelMetadata) -> onnx.ModelProto:
     names = source.input_names()
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in names)
-    with capture_attention(source.model) as recorder, _quiet():
+    with capture_attention(source.model) as recorder, quiet_export():
         wrapper = AttentionOutputs(source.model, recorder, meta.tokens, meta.reduction).eval()
         program = torch.onnx.export(wrapper, source.example_inputs, dynamo=True, opset_version=OPSET,
                                     input_names=names, output_names=meta.model_outputs + meta.attn_outputs,
@@ -94,12 +94,7 @@ def save_model(proto: onnx.ModelProto, output: Path, props: dict[str, str]) -> N
     if proto.ByteSize() >= _PROTOBUF_LIMIT:
         raise ModelError(f"{output}: the model is over 2 GB and cannot be stored in one ONNX file")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(output, proto.SerializeToString())
 
 
 def export_onnx(source: ModelSource, output: str | Path, reduce: str = "none", validate: bool = True) -> ExportReport:
@@ -159,7 +154,6 @@ def export_torchscript(source: ModelSource, output: str | Path, reduce: str = "n
         wrapper = AttentionOutputs(source.model, recorder, meta.tokens, meta.reduction).eval()
         traced = torch.jit.trace(wrapper, source.example_inputs, check_trace=False)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    traced.save(str(tmp))
-    os.replace(tmp, output)
-    return output
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    return write_bytes_atomic(output, buf.getvalue())

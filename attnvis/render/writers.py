@@ -12,6 +12,7 @@ The measurements are in the README. JPEG and WebP go through OpenCV.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -117,6 +118,13 @@ def encode_image(rgb: np.ndarray, format: str = "png", quality: int | None = Non
     if not ok:
         raise ValueError(f"OpenCV could not encode a {rgb.shape} image as {fmt}")
     return buf.tobytes()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """The bytes of ``np.save(array)``, for :func:`write_bytes_atomic`."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
