@@ -19,6 +19,7 @@ _threading_set = False
 # numba's workqueue layer (the project's choice) must not run two parallel kernels at once:
 # concurrent callers of the parallel variant take turns; the serial variant needs no lock.
 _PARALLEL_LOCK = threading.Lock()
+_PACKED: dict[str, np.ndarray] = {}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ def _kernels(parallel: bool):
     from attnvis.render import _kernels as k
 
     return k
+
+
+def _packed_table(colormap: str) -> np.ndarray:
+    """The colormap as uint32 [256] words ``r | g << 8 | b << 16`` (the kernels' four-pixel stores)."""
+    words = _PACKED.get(colormap)
+    if words is None:
+        rgb = colormap_table(colormap).astype(np.uint32)
+        words = _PACKED[colormap] = rgb[:, 0] | rgb[:, 1] << 8 | rgb[:, 2] << 16
+    return words
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -108,12 +118,12 @@ def render_map(
         ValueError: wrong dtype/shape, non-finite map, alpha or colormap out of range.
     """
     grid, image = _check_grid(grid), _check_image(image)
-    lut, alpha = colormap_table(colormap), _check_alpha(alpha)
+    lut, lut32, alpha = colormap_table(colormap), _packed_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)
     heat, over = np.empty_like(image), np.empty_like(image)
     k = _kernels(parallel)
-    flat = image.reshape(image.shape[0], -1)  # (H, 3W): rows as flat bytes vectorize better
-    args = (grid, flat, lut, alpha, vmin, vmax, use_range, heat.reshape(flat.shape), over.reshape(flat.shape))
+    height = image.shape[0]
+    args = (grid, image.ravel(), height, lut, lut32, alpha, vmin, vmax, use_range, heat.ravel(), over.ravel())
     if parallel:
         with _PARALLEL_LOCK:
             k.render_grid_parallel(*args)
@@ -185,9 +195,8 @@ def render_regions(
     lut, alpha = colormap_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)
     heat, over = np.empty_like(image), np.empty_like(image)
-    flat = image.reshape(image.shape[0], -1)  # (H, 3W)
     _kernels(False).shade_values_serial(
-        values, flat, lut, alpha, vmin, vmax, use_range, heat.reshape(flat.shape), over.reshape(flat.shape)
+        values, image.ravel(), lut, _packed_table(colormap), alpha, vmin, vmax, use_range, heat.ravel(), over.ravel()
     )
     return heat, over
 

@@ -2,12 +2,14 @@
 
 PNG (the lossless default) goes through attnvis's own small writer: the
 "Sub" row filter (each byte minus the same channel of the pixel to its left)
-in NumPy, then one deflate stream from ISA-L (``isal``) at level 1. On a
-640×480 overlay that is ~4× less CPU than OpenCV's default PNG settings at
-about the same size (heatmaps ~9× less and smaller), and it releases the GIL,
-so threads encode in parallel. Where ``isal`` is not
-installed the stdlib ``zlib`` (level 1) is used: same pixels, slower.
-The measurements are in the README. JPEG and WebP go through OpenCV.
+in NumPy, then one zlib stream: ISA-L's (``isal``) deflate level 1 for smooth
+images (heatmaps), a Huffman-only numba coder for photographic ones
+(overlays). On 640×480 images that is 7× (heatmap) and 12× (overlay) less
+CPU than OpenCV's default PNG settings, files of about the same size, and
+the GIL is released throughout, so threads encode in parallel. Where
+``isal`` is not installed the stdlib ``zlib`` (level 1) is used: same
+pixels, slower. The measurements are in the README. JPEG and WebP go
+through OpenCV.
 """
 
 from __future__ import annotations
@@ -50,29 +52,51 @@ def _format_name(fmt: str) -> str:
 
 
 _SCRATCH = threading.local()
+PHOTO_BITS = 2.0  # residual bits per byte from which an image is coded with Huffman alone (see encode_png)
 
 
-def _scratch(height: int, width: int) -> np.ndarray:
-    """A per-thread reusable uint8 [height, width] buffer: a fresh 1 MB array per image
-    costs more in page faults than the filter itself."""
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.size < height * width:
-        buf = _SCRATCH.buf = np.empty(height * width, np.uint8)
-    return buf[: height * width].reshape(height, width)
+def _scratch(name: str, size: int, dtype) -> np.ndarray:
+    """A per-thread reusable 1-D buffer: a fresh megabyte per image costs more in page faults than the work."""
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype)
+        setattr(_SCRATCH, name, buf)
+    return buf[:size]
 
 
-def _chunk(kind: bytes, data: bytes) -> list[bytes]:
-    """A PNG chunk as parts, joined once by the caller (each copy of a large IDAT costs page faults)."""
-    crc = _deflate.crc32(data, _deflate.crc32(kind)) & 0xFFFFFFFF
-    return [struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)]
+def _chunk(kind: bytes, parts: list) -> list:
+    """A PNG chunk around data given as parts (joined once by the caller: each copy of a large IDAT costs page faults)."""
+    crc = _deflate.crc32(kind)
+    for part in parts:
+        crc = _deflate.crc32(part, crc)
+    length = sum(memoryview(part).nbytes for part in parts)
+    return [struct.pack(">I", length), kind, *parts, struct.pack(">I", crc & 0xFFFFFFFF)]
 
 
-def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
+def _zlib_parts(data: np.ndarray) -> list:
+    """A zlib stream of data [n] uint8, as parts: Huffman alone for photographic residuals, else LZ77 deflate."""
+    from attnvis.render import _png  # numba: loaded on first use
+
+    if _png.residual_bits(data) < PHOTO_BITS:
+        return [_deflate.compress(data, 1)]
+    words = _scratch("words", _png.words_needed(data.size), np.uint32)
+    size = _png.deflate_huffman(data, words)
+    adler = _deflate.adler32(data) & 0xFFFFFFFF
+    return [b"\x78\x01", words.view(np.uint8)[:size], struct.pack(">I", adler)]  # header: deflate, 32K window
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
     """Lossless 8-bit RGB PNG: "Sub" filter on every row, one IDAT chunk.
+
+    The filtered rows are deflated in one of two ways, chosen from their
+    estimated entropy: smooth images (heatmaps) with ISA-L's deflate level 1,
+    whose LZ77 matches pay off on their long runs; photographic ones
+    (overlays), where matches are rare, with a Huffman code alone
+    (:mod:`attnvis.render._png`): as small, 4x faster. Both are standard
+    zlib streams.
 
     Args:
         rgb: uint8 [H, W, 3] RGB.
-        level: deflate level (1 fastest; 0 stores; up to 9).
 
     Returns:
         The PNG file's bytes.
@@ -80,13 +104,13 @@ def encode_png(rgb: np.ndarray, level: int = 1) -> bytes:
     rgb = _check_rgb(rgb)
     height, width = rgb.shape[:2]
     rows = rgb.reshape(height, width * 3)  # (H, 3W)
-    filtered = _scratch(height, width * 3 + 1)  # (H, 1 + 3W): filter byte + row
+    filtered = _scratch("filtered", height * (width * 3 + 1), np.uint8).reshape(height, width * 3 + 1)
     filtered[:, 0] = 1  # "Sub": each byte minus the byte 3 to the left (same channel), modulo 256
     filtered[:, 1:4] = rows[:, :3]
     np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])  # uint8 arithmetic wraps, as PNG wants
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
-    idat = _deflate.compress(filtered, level)
-    return b"".join([_PNG_SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", idat), *_chunk(b"IEND", b"")])
+    idat = _zlib_parts(filtered.reshape(-1))
+    return b"".join([_PNG_SIGNATURE, *_chunk(b"IHDR", [header]), *_chunk(b"IDAT", idat), *_chunk(b"IEND", [])])
 
 
 def encode_image(rgb: np.ndarray, format: str = "png", quality: int | None = None) -> bytes:  # noqa: A002
