@@ -112,18 +112,20 @@ def opencv_chain(grid_map, image_bgr, alpha):
 
 
 def attnvis_layer(layer_map, image, tokens, alpha, out_dir, name, timer=None):
-    """One layer the attnvis way (1 thread); `timer` collects per-stage process CPU seconds."""
-    t0 = time.process_time()
+    """One layer the attnvis way (1 thread); `timer` collects per-stage CPU seconds of this thread
+    (all of attnvis's work here: the process clock would also count OpenCV's pool threads left
+    spinning by the naive layer measured just before)."""
+    t0 = time.thread_time()
     grid = attention_grid(layer_map, tokens)
-    t1 = time.process_time()
+    t1 = time.thread_time()
     heat, over = render_map(grid, image, "jet", alpha, parallel=False)
-    t2 = time.process_time()
+    t2 = time.thread_time()
     over_png, heat_png = writers.encode_png(over), writers.encode_png(heat)
-    t3 = time.process_time()
+    t3 = time.thread_time()
     if out_dir is not None:
         writers.write_bytes_atomic(out_dir / f"attn_map_{name}.png", over_png)
         writers.write_bytes_atomic(out_dir / f"heatmap_{name}.png", heat_png)
-    t4 = time.process_time()
+    t4 = time.thread_time()
     if timer is not None:
         for stage, dt in zip(("attention_grid", "fused kernel (1 thread)", "2x encode PNG", "2x atomic write"),
                              (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -161,12 +163,30 @@ def compile_times() -> dict:
     return out
 
 
+def interleaved_best(fns: dict, repeat: int, number: int = 20) -> dict:
+    """Best mean wall seconds per call of each function, measured in rounds A B C A B C ... (a shared
+    machine's slow spells then fall on every variant alike), after one warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            times[name].append((time.perf_counter() - start) / number)
+    return {name: min(t) for name, t in times.items()}
+
+
 def per_layer_kernel(maps, image, tokens, alpha, repeat) -> dict:
     grid = attention_grid(maps[0], tokens)
     bgr = np.ascontiguousarray(image[:, :, ::-1])
-    chain = best(lambda: opencv_chain(grid, bgr, alpha), repeat, 20)
-    fused_par = best(lambda: render_map(grid, image, "jet", alpha, parallel=True), repeat, 20)
-    fused_ser = best(lambda: render_map(grid, image, "jet", alpha, parallel=False), repeat, 20)
+    t = interleaved_best({
+        "chain": lambda: opencv_chain(grid, bgr, alpha),
+        "parallel": lambda: render_map(grid, image, "jet", alpha, parallel=True),
+        "serial": lambda: render_map(grid, image, "jet", alpha, parallel=False),
+    }, 3 * repeat)
+    chain, fused_par, fused_ser = t["chain"], t["parallel"], t["serial"]
     return {
         "opencv_chain_ms": chain * 1e3,
         "fused_parallel_ms": fused_par * 1e3,
@@ -257,22 +277,32 @@ def check_lossless(maps, image, tokens, alpha, out_dir) -> bool:
 # ---------------------------------------------------------------- PNG encoders
 
 
+def _with(**settings):
+    """An encoder: writers.encode_png with module settings swapped for the call."""
+
+    def encode(rgb):
+        saved = {name: getattr(writers, name) for name in settings}
+        for name, value in settings.items():
+            setattr(writers, name, value)
+        try:
+            return writers.encode_png(rgb)
+        finally:
+            for name, value in saved.items():
+                setattr(writers, name, value)
+
+    return encode
+
+
 def _encoders() -> dict:
     """Encoders to compare: name -> fn(rgb) -> bytes. Optional packages only when importable."""
     found = {
         "cv2.imencode default": lambda a: cv2.imencode(".png", a[:, :, ::-1])[1].tobytes(),
         "cv2.imencode level 3": lambda a: cv2.imencode(".png", a[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 3])[1].tobytes(),
-        f"attnvis (Sub + {writers._deflate.__name__} 1)": writers.encode_png,
+        "attnvis (chosen: Sub + ISA-L 1 if repeats, else Huffman only)": writers.encode_png,
+        f"attnvis Sub + {writers._deflate.__name__} level 1 always": _with(LZ77_REPEATS=0.0),
+        "attnvis Sub + Huffman only always": _with(LZ77_REPEATS=2.0),
+        "attnvis chosen, stdlib zlib for LZ77 (no isal)": _with(_deflate=zlib),
     }
-
-    def stdlib_zlib(a):
-        saved, writers._deflate = writers._deflate, zlib
-        try:
-            return writers.encode_png(a)
-        finally:
-            writers._deflate = saved
-
-    found["attnvis (Sub + stdlib zlib 1)"] = stdlib_zlib
     try:
         import fpng
 
@@ -288,14 +318,7 @@ def _encoders() -> dict:
     try:
         from zlib_ng import zlib_ng
 
-        def with_zlib_ng(a):
-            saved, writers._deflate = writers._deflate, zlib_ng
-            try:
-                return writers.encode_png(a)
-            finally:
-                writers._deflate = saved
-
-        found["attnvis writer + zlib-ng 1"] = with_zlib_ng
+        found["attnvis Sub + zlib-ng level 1 always"] = _with(LZ77_REPEATS=0.0, _deflate=zlib_ng)
     except ImportError:
         pass
     return found

@@ -100,14 +100,52 @@ def _key_to_float(lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _block_range(rows, y0, y1, fy, start, stop):
-    """(min, max) keys of the upsampled values of output rows [start, stop)."""
-    buf = np.empty(rows.shape[1], np.float32)
-    keys = buf.view(np.int32)
+def _row_runs(y0):
+    """Output rows grouped by their pair of source rows: [k, 2] first and last row of each run."""
+    runs = np.empty((y0.shape[0], 2), np.int64)
+    k = 0
+    for y in range(y0.shape[0]):
+        if y == 0 or y0[y] != y0[y - 1]:
+            runs[k, 0] = y
+            k += 1
+        runs[k - 1, 1] = y
+    return runs[:k]
+
+
+@njit(cache=True, nogil=True)
+def _upsampled_range(rows, y0, y1, fy):
+    """Exact (min, max) of the upsampled map without computing all of it.
+
+    Within a run of output rows interpolating the same two source rows, each
+    column's value is linear in ``fy``, so its extremes lie on the run's
+    first or last row -- up to float32 rounding. The endpoint rows give a
+    candidate range; then only columns whose endpoint values come within a
+    rounding bound of it (a few, near the extremes) are computed on every
+    row of the run. The result equals the min/max over all H x W values.
+    """
+    W = rows.shape[1]
+    runs = _row_runs(y0)
+    a, b = np.empty(W, np.float32), np.empty(W, np.float32)
     lo, hi = np.int32(0x7FFFFFFF), np.int32(-0x80000000)
-    for y in range(start, stop):
-        _lerp_row(rows[y0[y]], rows[y1[y]], fy[y], buf)
-        lo, hi = _key_range(keys, lo, hi)
+    for r in range(runs.shape[0]):
+        for y in (runs[r, 0], runs[r, 1]):
+            _lerp_row(rows[y0[y]], rows[y1[y]], fy[y], a)
+            lo, hi = _key_range(a.view(np.int32), lo, hi)
+    lo, hi = _key_to_float(lo, hi)
+    for r in range(runs.shape[0]):
+        first, last = runs[r, 0], runs[r, 1]
+        if last - first < 2:
+            continue
+        top, bottom = rows[y0[first]], rows[y1[first]]
+        _lerp_row(top, bottom, fy[first], a)
+        _lerp_row(top, bottom, fy[last], b)
+        for x in range(W):
+            # |computed - exact| <= 3 * 2^-24 * (|top| + |bottom|) on every row; twice that, rounded up
+            tol = np.float32(2.0**-21) * (abs(top[x]) + abs(bottom[x]))
+            if min(a[x], b[x]) - tol <= lo or max(a[x], b[x]) + tol >= hi:
+                for y in range(first + 1, last):
+                    v = top[x] * (_F1 - fy[y]) + bottom[x] * fy[y]  # as _lerp_row (no FMA)
+                    lo, hi = min(lo, v), max(hi, v)
     return lo, hi
 
 
@@ -203,10 +241,7 @@ def render_grid_serial(grid, image, height, lut, lut32, alpha, vmin, vmax, use_r
     width = image.shape[0] // (3 * height)
     rows = resize_rows(grid, width)
     y0, y1, fy = axis_coeffs(grid.shape[0], height)
-    lo, hi = np.float32(vmin), np.float32(vmax)
-    if not use_range:
-        klo, khi = _block_range(rows, y0, y1, fy, 0, height)
-        lo, hi = _key_to_float(klo, khi)
+    lo, hi = _upsampled_range(rows, y0, y1, fy) if not use_range else (np.float32(vmin), np.float32(vmax))
     a_img, a_heat = _weights(alpha)
     for start in range(0, height, BLOCK):
         stop = min(start + BLOCK, height)
@@ -220,13 +255,7 @@ def render_grid_parallel(grid, image, height, lut, lut32, alpha, vmin, vmax, use
     rows = resize_rows(grid, width)
     y0, y1, fy = axis_coeffs(grid.shape[0], height)
     blocks = (height + BLOCK - 1) // BLOCK
-    lo, hi = np.float32(vmin), np.float32(vmax)
-    if not use_range:
-        klo = np.empty(blocks, np.int32)
-        khi = np.empty(blocks, np.int32)
-        for b in prange(blocks):
-            klo[b], khi[b] = _block_range(rows, y0, y1, fy, b * BLOCK, min((b + 1) * BLOCK, height))
-        lo, hi = _key_to_float(klo.min(), khi.max())
+    lo, hi = _upsampled_range(rows, y0, y1, fy) if not use_range else (np.float32(vmin), np.float32(vmax))
     a_img, a_heat = _weights(alpha)
     span = _span(lo, hi)
     for b in prange(blocks):

@@ -6,7 +6,7 @@ search is where deflate spends its time. A Huffman code fitted to the
 residuals' histogram and nothing else (zlib's ``Z_HUFFMAN_ONLY``) gives
 files as small as deflate level 1 at a fraction of the CPU. Smooth images
 (heatmaps: long runs of equal residuals) are left to a real LZ77 encoder;
-:mod:`attnvis.render.writers` decides which, from :func:`residual_bits`.
+:mod:`attnvis.render.writers` decides which, from :func:`repeat_share`.
 
 Output is standard deflate (RFC 1951): one final dynamic-Huffman block that
 every inflater reads (the tests decode with Python's ``zlib``, OpenCV and
@@ -47,13 +47,21 @@ def _sampled_histogram(data):
 
 
 @njit(cache=True, nogil=True)
-def residual_bits(data):
-    """Estimated Huffman-only size of data, in bits per byte (from the sampled histogram)."""
-    _, hist = _sampled_histogram(data)
-    hist[_END] = 0
-    lengths = np.zeros(_END + 1, np.int64)
-    _huffman_lengths(hist, 15, lengths)
-    return (hist * lengths).sum() / hist.sum()
+def repeat_share(data, distance):
+    """Share of (sampled) bytes equal to the byte ``distance`` before them.
+
+    With PNG's "Sub" filter and distance = one pixel, this is how much of an
+    image repeats its neighbour's residual: most of a heatmap (flat colours,
+    steady gradients), little of a photograph. Repeats are what LZ77 matches
+    exploit and a Huffman code alone cannot.
+    """
+    n = data.shape[0]
+    stride = max(1, n // _SAMPLES)
+    same = total = 0
+    for i in range(distance, n, stride):
+        same += scalar_load(data, i) == scalar_load(data, i - distance)
+        total += 1
+    return same / total if total else 1.0
 
 
 @njit(cache=True, nogil=True)

@@ -52,7 +52,7 @@ def _format_name(fmt: str) -> str:
 
 
 _SCRATCH = threading.local()
-PHOTO_BITS = 2.0  # residual bits per byte from which an image is coded with Huffman alone (see encode_png)
+LZ77_REPEATS = 0.5  # share of residuals repeating the previous pixel's from which LZ77 pays (see encode_png)
 
 
 def _scratch(name: str, size: int, dtype) -> np.ndarray:
@@ -77,7 +77,7 @@ def _zlib_parts(data: np.ndarray) -> list:
     """A zlib stream of data [n] uint8, as parts: Huffman alone for photographic residuals, else LZ77 deflate."""
     from attnvis.render import _png  # numba: loaded on first use
 
-    if _png.residual_bits(data) < PHOTO_BITS:
+    if _png.repeat_share(data, 3) >= LZ77_REPEATS:
         return [_deflate.compress(data, 1)]
     words = _scratch("words", _png.words_needed(data.size), np.uint32)
     size = _png.deflate_huffman(data, words)
@@ -88,12 +88,12 @@ def _zlib_parts(data: np.ndarray) -> list:
 def encode_png(rgb: np.ndarray) -> bytes:
     """Lossless 8-bit RGB PNG: "Sub" filter on every row, one IDAT chunk.
 
-    The filtered rows are deflated in one of two ways, chosen from their
-    estimated entropy: smooth images (heatmaps) with ISA-L's deflate level 1,
-    whose LZ77 matches pay off on their long runs; photographic ones
-    (overlays), where matches are rare, with a Huffman code alone
-    (:mod:`attnvis.render._png`): as small, 4x faster. Both are standard
-    zlib streams.
+    The filtered rows are deflated in one of two ways, chosen by how often a
+    residual repeats the previous pixel's: smooth images (heatmaps, mostly
+    repeats) with ISA-L's deflate level 1, whose LZ77 matches pay off there;
+    photographic ones (overlays), where matches are rare, with a Huffman
+    code alone (:mod:`attnvis.render._png`): as small, 4x faster. Both are
+    standard zlib streams.
 
     Args:
         rgb: uint8 [H, W, 3] RGB.

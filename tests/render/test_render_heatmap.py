@@ -194,3 +194,30 @@ def test_threads_calling_both_variants_at_once_agree():
     for heat, over in results:
         np.testing.assert_array_equal(heat, expected[0])
         np.testing.assert_array_equal(over, expected[1])
+
+
+def _range_cases():
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        h, w = rng.integers(1, 20, 2)
+        H, W = rng.integers(1, 400, 2)
+        kind = case % 4
+        if kind == 0:
+            grid = rng.random((h, w), dtype=np.float32)
+        elif kind == 1:  # near-constant: rounding decides the extremes
+            grid = (np.float32(0.3) + rng.integers(-2, 3, (h, w)) * np.float32(2.0**-24)).astype(np.float32)
+        elif kind == 2:  # signed, wide dynamic range
+            grid = (rng.standard_normal((h, w)) * 10.0 ** rng.integers(-6, 6, (h, w))).astype(np.float32)
+        else:  # few distinct values: many ties
+            grid = rng.integers(0, 3, (h, w)).astype(np.float32) / np.float32(7)
+        yield grid, int(H), int(W)
+
+
+def test_upsampled_range_equals_the_min_max_of_every_pixel():
+    from attnvis.render import _kernels as k
+
+    for grid, H, W in _range_cases():
+        rows = k.resize_rows(grid, W)
+        y0, y1, fy = k.axis_coeffs(grid.shape[0], H)
+        full = resize_bilinear(grid, H, W)
+        assert k._upsampled_range(rows, y0, y1, fy) == (full.min(), full.max()), (grid.shape, H, W)
