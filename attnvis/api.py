@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -71,23 +73,24 @@ def layer_images(attn: np.ndarray, meta: ModelMetadata, options: VisualizeOption
 def layer_files(
     attn: list[np.ndarray], image: np.ndarray, meta: ModelMetadata, layers: list[int], options: VisualizeOptions,
     *, parallel: bool = True,
-) -> list[tuple[str, np.ndarray]]:
+) -> Iterator[tuple[str, np.ndarray]]:
     """(file name, RGB image) pairs with the seed guide's names for one image's chosen layers.
 
     ``attn[i]`` is layer ``i``'s map of this image (no batch axis). Shared by
     ``visualize`` and ``batch`` so both write the same files; ``parallel=False``
-    for callers that already parallelize over images.
+    for callers that already parallelize over images. Maps are rendered as
+    the pairs are consumed (overlay, then heatmap, per map), so a caller that
+    encodes as it goes holds one map's images at a time: their memory is
+    reused instead of freshly faulted in for every map.
     """
     from attnvis.render import render_map
 
-    files = []
     for i in layers:
         name = safe_name(meta.layers[i].name)
         for suffix, grid in layer_images(attn[i], meta, options):
             heatmap, overlay = render_map(grid, image, colormap=options.colormap, alpha=options.alpha, parallel=parallel)
-            files.append((f"attn_map_layer_{i}_{name}{suffix}.{options.format}", overlay))
-            files.append((f"heatmap_layer_{i}_{name}{suffix}.{options.format}", heatmap))
-    return files
+            yield f"attn_map_layer_{i}_{name}{suffix}.{options.format}", overlay
+            yield f"heatmap_layer_{i}_{name}{suffix}.{options.format}", heatmap
 
 
 def render_layers(maps, image: np.ndarray, out: Path, layers: list[int], options: VisualizeOptions) -> list[Path]:

@@ -1,11 +1,11 @@
 """``scalar_load``: a table lookup that LLVM will not turn into a vector gather.
 
 LLVM vectorizes loops of table lookups (``table[index[i]]``) with AVX2 /
-AVX-512 gather instructions. On CPUs carrying the Gather Data Sampling
-microcode fix gathers are several times slower than plain loads (4.6x for a
-512-entry table on the CI machine), so hot lookups go through this intrinsic:
-an unordered atomic load, which compiles to the same single ``mov`` as an
-ordinary load but is never vectorized.
+AVX-512 gather instructions. Gathers can be several times slower than plain
+loads (4.6x for a 512-entry table on the CI machine; CPUs carrying the
+Gather Data Sampling microcode fix are known for it), so hot lookups go
+through this intrinsic: an unordered atomic load, which compiles to the
+same single ``mov`` as an ordinary load but is never vectorized.
 """
 
 from __future__ import annotations
