@@ -220,15 +220,18 @@ def _fresh_dir(root: Path) -> Path:
     return path
 
 
-def timed(fn, repeat: int) -> tuple[float, float]:
-    """(best wall seconds, CPU seconds of this process in that run) over `repeat` runs after a warm-up."""
-    fn()
-    runs = []
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
+def timed_rounds(fns: dict, repeat: int) -> dict:
+    """Per function: (best wall seconds, CPU seconds of this process in that run), measured in
+    interleaved rounds A B C A B C ... after one warm-up each (slow spells fall on all alike)."""
+    for fn in fns.values():
         fn()
-        runs.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return min(runs)
+    runs = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            runs[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: min(r) for name, r in runs.items()}
 
 
 def end_to_end(maps, image, tokens, alpha, images, workers, repeat, out_root) -> dict:
@@ -246,11 +249,9 @@ def end_to_end(maps, image, tokens, alpha, images, workers, repeat, out_root) ->
         tasks = [(n, i) for n in range(images) for i in range(len(maps))]
         list(pool.map(lambda t: attnvis_layer(maps[t[1]], image, tokens, alpha, out, f"{t[0]}_{t[1]}"), tasks))
 
-    naive_s, naive_cpu = timed(naive, repeat)
-    with cf.ThreadPoolExecutor(workers) as pool:
-        ours_s, ours_cpu = timed(lambda: ours(pool), repeat)
-    with cf.ThreadPoolExecutor(1) as pool:
-        ours_1, _ = timed(lambda: ours(pool), repeat)
+    with cf.ThreadPoolExecutor(workers) as pool, cf.ThreadPoolExecutor(1) as single:
+        t = timed_rounds({"naive": naive, "ours": lambda: ours(pool), "ours_1": lambda: ours(single)}, repeat)
+    (naive_s, naive_cpu), (ours_s, ours_cpu), (ours_1, _) = t["naive"], t["ours"], t["ours_1"]
     return {
         "images": images,
         "layers": len(maps),

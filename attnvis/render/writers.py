@@ -4,7 +4,7 @@ PNG (the lossless default) goes through attnvis's own small writer: the
 "Sub" row filter (each byte minus the same channel of the pixel to its left)
 in NumPy, then one zlib stream: ISA-L's (``isal``) deflate level 1 for smooth
 images (heatmaps), a Huffman-only numba coder for photographic ones
-(overlays). On 640×480 images that is 7× (heatmap) and 9× (overlay) less
+(overlays). On 640×480 images that is 7–8× (heatmap) and 9–14× (overlay) less
 CPU than OpenCV's default PNG settings, files of about the same size, and
 the GIL is released throughout, so threads encode in parallel. Where
 ``isal`` is not installed the stdlib ``zlib`` (level 1) is used: same
