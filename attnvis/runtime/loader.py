@@ -25,13 +25,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attnvis"
 
 
-def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -> str:
-    import torch
+def _torch_version() -> str:
+    """PyTorch's installed version, read from its metadata: importing it to ask would cost seconds
+    and hundreds of MB in runs that only need ONNX Runtime and a cached export."""
+    from importlib import metadata
 
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -> str:
     from attnvis import __version__
 
     parts = {"spec": spec or "default", "reduce": reduce, "image_size": image_size,
-             "attnvis": __version__, "torch": torch.__version__}
+             "attnvis": __version__, "torch": _torch_version()}
     if spec in (None, "", "default"):  # the embedded model: key on its shipped weights file
         from importlib import resources
 
@@ -44,12 +53,15 @@ def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -
 
 
 def exported_path(spec: str | None, *, weights: str | None = None, reduce: str = "none", image_size=None) -> Path:
-    """The cached ONNX export of ``spec``, made (and validated) on first use."""
-    from attnvis.export.onnx import export_onnx
-    from attnvis.export.sources import load_source
+    """The cached ONNX export of ``spec``, made (and validated) on first use.
 
+    PyTorch is imported only to export: a cached model opens with ONNX Runtime alone.
+    """
     path = cache_dir() / "onnx" / f"{_cache_key(spec, weights, reduce, image_size)}.onnx"
     if not path.exists():
+        from attnvis.export.onnx import export_onnx
+        from attnvis.export.sources import load_source
+
         source = load_source(spec, weights=weights, image_size=image_size)
         export_onnx(source, path, reduce=reduce, validate=True)
     return path

@@ -1,5 +1,9 @@
 """The embedded default model, end to end through ONNX Runtime: it looks at the object."""
 
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -36,3 +40,11 @@ def test_ort_and_torch_backends_agree(session):
     for x, y in zip(a.maps, b.maps):
         np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
     assert session.provider == session.session.get_providers()[0]
+
+
+def test_a_cached_model_opens_without_importing_torch(session):
+    # `session` made the export; a new process must find it and run on ONNX Runtime alone
+    code = ("import sys; from attnvis.runtime import open_model; m = open_model('default', device='cpu'); "
+            "print(m.provider, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ.copy())
+    assert out.stdout.split() == ["CPUExecutionProvider", "False"], out.stdout + out.stderr
