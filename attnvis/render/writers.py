@@ -101,13 +101,12 @@ def encode_png(rgb: np.ndarray) -> bytes:
     Returns:
         The PNG file's bytes.
     """
-    rgb = _check_rgb(rgb)
+    from attnvis.render import _png  # numba: loaded on first use
+
+    rgb = np.ascontiguousarray(_check_rgb(rgb))
     height, width = rgb.shape[:2]
-    rows = rgb.reshape(height, width * 3)  # (H, 3W)
     filtered = _scratch("filtered", height * (width * 3 + 1), np.uint8).reshape(height, width * 3 + 1)
-    filtered[:, 0] = 1  # "Sub": each byte minus the byte 3 to the left (same channel), modulo 256
-    filtered[:, 1:4] = rows[:, :3]
-    np.subtract(rows[:, 3:], rows[:, :-3], out=filtered[:, 4:])  # uint8 arithmetic wraps, as PNG wants
+    _png.sub_filter(rgb.reshape(height, width * 3), filtered)  # (H, 1 + 3W)
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
     idat = _zlib_parts(filtered.reshape(-1))
     return b"".join([_PNG_SIGNATURE, *_chunk(b"IHDR", [header]), *_chunk(b"IDAT", idat), *_chunk(b"IEND", [])])

@@ -125,3 +125,11 @@ def test_huffman_png_is_no_larger_than_deflate_level_1_on_a_blended_photo():
     filtered = _filtered(render_map(rng.random((14, 14), dtype=np.float32), photo)[1])
     assert _png.repeat_share(filtered, 3) < writers.LZ77_REPEATS
     assert len(_deflate(filtered)) <= 1.02 * len(zlib.compress(filtered.tobytes(), 1))
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 7, 640])
+def test_sub_filter_matches_the_png_definition(width):
+    rgb = np.random.default_rng(width).integers(0, 256, (5, width, 3), dtype=np.uint8)
+    out = np.empty((5, 3 * width + 1), np.uint8)
+    _png.sub_filter(rgb.reshape(5, -1), out)
+    np.testing.assert_array_equal(out.ravel(), _filtered(rgb))
