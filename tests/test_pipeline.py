@@ -15,33 +15,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from attnvis.batch.inputs import discover
 from attnvis.batch.manifest import MANIFEST, Manifest, load
 from attnvis.cli import main
-from attnvis.export.metadata import Preprocess, TokenLayout
-from attnvis.export.onnx import export_onnx
-from attnvis.export.sources import ModelSource
-from attnvis.models.tiny import TinyViT, TinyViTConfig, make_scene
+from attnvis.models.tiny import make_scene
 from attnvis.pipeline import EXIT_SOME_FAILED
 
 SEED_FILES = [f"{kind}_layer_{i}_blocks.{i}.attn.png" for i in range(2) for kind in ("attn_map", "heatmap")]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    """A 2-layer, 2-head TinyViT (random weights) on 32×32 inputs, exported once."""
-    torch.manual_seed(0)
-    net = TinyViT(TinyViTConfig(image_size=32, patch_size=8, dim=16, depth=2, heads=2, num_classes=3)).eval()
-    pre = Preprocess(size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
-    tokens = TokenLayout(prefix_tokens=1, grid=(4, 4), cls_index=0, prefix_names=("cls",))
-    source = ModelSource(net, (torch.zeros(2, 3, 32, 32),), tokens, pre, "tiny-test", extra={"classes": ["a", "b", "c"]})
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_onnx(source, path, validate=False)
-    return str(path)
 
 
 def scene(seed: int, size=(64, 48)) -> np.ndarray:
@@ -84,11 +66,11 @@ def make_bad_files(folder: Path) -> dict[str, str]:
             "float.tif": "unsupported pixel mode F", "huge.png": "--max-pixels"}
 
 
-def test_bad_files_are_recorded_and_every_good_image_is_rendered(model, tmp_path):
+def test_bad_files_are_recorded_and_every_good_image_is_rendered(tiny_batch_model, tmp_path):
     good = [save(tmp_path / "in" / f"good{i:02d}.{'jpg' if i % 2 else 'png'}", scene(i)) for i in range(20)]
     bad = make_bad_files(tmp_path / "in" / "bad")  # 1 of each kind in 25 files: 4% each
     out = tmp_path / "out"
-    assert batch(model, str(tmp_path / "in"), "--output", str(out), "--max-pixels", "1000000") == EXIT_SOME_FAILED
+    assert batch(tiny_batch_model, str(tmp_path / "in"), "--output", str(out), "--max-pixels", "1000000") == EXIT_SOME_FAILED
     records = load(out / MANIFEST)
     for path in good:
         key = path.name
@@ -103,11 +85,11 @@ def test_bad_files_are_recorded_and_every_good_image_is_rendered(model, tmp_path
     assert len(records) == len(good) + len(bad)
 
 
-def test_equal_names_in_two_subfolders_do_not_collide(model, tmp_path):
+def test_equal_names_in_two_subfolders_do_not_collide(tiny_batch_model, tmp_path):
     save(tmp_path / "in" / "a" / "x.png", scene(1))
     save(tmp_path / "in" / "b" / "x.png", scene(2))
     out = tmp_path / "out"
-    assert batch(model, str(tmp_path / "in"), "--output", str(out)) == 0
+    assert batch(tiny_batch_model, str(tmp_path / "in"), "--output", str(out)) == 0
     a, b = (out / sub / "x.png" / SEED_FILES[0] for sub in "ab")
     assert a.is_file() and b.is_file() and a.read_bytes() != b.read_bytes()
     grids = load(out / MANIFEST)["a/x.png"]["head_grids"]  # every head's grid, for the gallery's head buttons
@@ -126,12 +108,12 @@ def test_inputs_from_folder_glob_and_list_file(tmp_path):
     assert [i.key for i in discover([str(tmp_path / "q")], exclude=tmp_path / "q" / "out")] == ["r/img.png"]
 
 
-def test_batch_writes_the_same_bytes_as_visualize(model, tmp_path):
+def test_batch_writes_the_same_bytes_as_visualize(tiny_batch_model, tmp_path):
     from attnvis.api import visualize_attention_on_image
 
     save(tmp_path / "in" / "one.png", scene(5, (80, 60)))
-    assert batch(model, str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-avg-heads", "--save-raw") == 0
-    result = visualize_attention_on_image(model, tmp_path / "in" / "one.png", tmp_path / "vis", avg_heads=False,
+    assert batch(tiny_batch_model, str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-avg-heads", "--save-raw") == 0
+    result = visualize_attention_on_image(tiny_batch_model, tmp_path / "in" / "one.png", tmp_path / "vis", avg_heads=False,
                                           save_raw=True, device="cpu")
     assert len(result.files) == 2 * 2 * 2 + 2  # layers × heads × (overlay, heatmap) + raw
     for path in result.files:
@@ -141,17 +123,17 @@ def test_batch_writes_the_same_bytes_as_visualize(model, tmp_path):
     assert maps[3]["overlay"] == "one.png/attn_map_layer_1_blocks.1.attn_head_1.png"
 
 
-def test_resume_skips_complete_images_and_redoes_missing_files(model, tmp_path, capsys):
+def test_resume_skips_complete_images_and_redoes_missing_files(tiny_batch_model, tmp_path, capsys):
     for i in range(6):
         save(tmp_path / "in" / f"{i}.png", scene(i))
     args = (str(tmp_path / "in"), "--output", str(tmp_path / "out"))
-    assert batch(model, *args) == 0
+    assert batch(tiny_batch_model, *args) == 0
     (tmp_path / "out" / "3.png" / SEED_FILES[1]).unlink()
     capsys.readouterr()
-    assert batch(model, *args, "--resume") == 0
+    assert batch(tiny_batch_model, *args, "--resume") == 0
     assert "1 done, 5 skipped" in capsys.readouterr().out
     assert (tmp_path / "out" / "3.png" / SEED_FILES[1]).is_file()
-    assert batch(model, *args, "--resume", "--colormap", "viridis") == 0  # other options: nothing is skipped
+    assert batch(tiny_batch_model, *args, "--resume", "--colormap", "viridis") == 0  # other options: nothing is skipped
     assert "6 done, 0 skipped" in capsys.readouterr().out
 
 
@@ -180,11 +162,11 @@ def _run_until_killed(cmd: list[str], manifest: Path, lines: int, timeout: float
         proc.wait()
 
 
-def test_sigkill_then_resume_gives_exactly_the_files_of_an_uninterrupted_run(model, tmp_path):
+def test_sigkill_then_resume_gives_exactly_the_files_of_an_uninterrupted_run(tiny_batch_model, tmp_path):
     n = 48
     for i in range(n):
         save(tmp_path / "in" / f"s{i % 4}" / f"{i:03d}.jpg", scene(i, (320, 240)))
-    args = [str(tmp_path / "in"), "--model", model, "--device", "cpu", "--no-progress", "--batch-size", "4", "--workers", "2"]
+    args = [str(tmp_path / "in"), "--model", tiny_batch_model, "--device", "cpu", "--no-progress", "--batch-size", "4", "--workers", "2"]
     assert main(["batch", *args, "--output", str(tmp_path / "full")]) == 0
     killed = tmp_path / "killed"
     _run_until_killed([sys.executable, "-m", "attnvis.cli", "batch", *args, "--output", str(killed)], killed / MANIFEST, 8)

@@ -24,15 +24,11 @@ from pathlib import Path
 
 import cv2
 import pytest
-import torch
 from PIL import Image
 
 from attnvis.batch.manifest import MANIFEST, load
 from attnvis.cli import main
-from attnvis.export.metadata import Preprocess, TokenLayout
-from attnvis.export.onnx import export_onnx
-from attnvis.export.sources import ModelSource
-from attnvis.models.tiny import TinyViT, TinyViTConfig, make_scene
+from attnvis.models.tiny import make_scene
 from attnvis.pipeline import EXIT_SOME_FAILED
 
 N_IMAGES = 50
@@ -170,20 +166,6 @@ def cluster(tmp_path):
         nodes.stop()
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    """A 2-layer, 2-head TinyViT (random weights) on 32×32 inputs, exported once."""
-    torch.manual_seed(0)
-    net = TinyViT(TinyViTConfig(image_size=32, patch_size=8, dim=16, depth=2, heads=2, num_classes=3)).eval()
-    pre = Preprocess(size=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
-    tokens = TokenLayout(prefix_tokens=1, grid=(4, 4), cls_index=0, prefix_names=("cls",))
-    extra = {"classes": ["a", "b", "c"]}
-    source = ModelSource(net, (torch.zeros(2, 3, 32, 32),), tokens, pre, "tiny-test", extra=extra)
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_onnx(source, path, validate=False)
-    return str(path)
-
-
 def make_inputs(folder: Path, n: int, size=(160, 120)) -> list[str]:
     """``n`` scenes in two subfolders (PNG and JPEG), one not-an-image and one empty file; their keys."""
     keys = []
@@ -217,10 +199,10 @@ def statuses(root: Path) -> dict[str, tuple]:
     return {key: (r["status"], r["error"], tuple(r["files"])) for key, r in load(root / MANIFEST).items()}
 
 
-def test_ray_engine_on_two_nodes_writes_the_local_engines_bytes(cluster, model, tmp_path):
+def test_ray_engine_on_two_nodes_writes_the_local_engines_bytes(cluster, tiny_batch_model, tmp_path):
     keys = make_inputs(tmp_path / "in", N_IMAGES)
     local, remote = tmp_path / "local", tmp_path / "ray"
-    args = [str(tmp_path / "in"), "--model", model, "--batch-size", "4"]
+    args = [str(tmp_path / "in"), "--model", tiny_batch_model, "--batch-size", "4"]
     assert main(["batch", *args, "--output", str(local), "--device", "cpu", "--no-progress"]) == EXIT_SOME_FAILED
     code, out = finish(cluster.batch(*args, "--output", str(remote)))
     assert code == EXIT_SOME_FAILED, out
@@ -238,20 +220,20 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_bytes(cluster, model, 
     assert tree(remote) == remote_files
 
 
-def test_engine_ray_without_ray_says_how_to_install_it(model, tmp_path, monkeypatch, capsys):
+def test_engine_ray_without_ray_says_how_to_install_it(tiny_batch_model, tmp_path, monkeypatch, capsys):
     Image.fromarray(make_scene(0)[0]).save(tmp_path / "one.png")
     for name in ("ray", "ray.data"):
         monkeypatch.setitem(sys.modules, name, None)  # import ray → ImportError, as when it is not installed
-    code = main(["batch", str(tmp_path / "one.png"), "--model", model, "--output", str(tmp_path / "out"),
+    code = main(["batch", str(tmp_path / "one.png"), "--model", tiny_batch_model, "--output", str(tmp_path / "out"),
                  "--device", "cpu", "--no-progress", "--engine", "ray"])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and 'pip install "attnvis[ray]"' in err, err
 
 
-def test_ray_engine_finishes_on_the_head_when_the_worker_node_dies(cluster, model, tmp_path):
+def test_ray_engine_finishes_on_the_head_when_the_worker_node_dies(cluster, tiny_batch_model, tmp_path):
     keys = make_inputs(tmp_path / "in", N_IMAGES, size=(640, 480))  # larger: renders last long enough to be caught
     out_dir = tmp_path / "out"
-    job = cluster.batch(str(tmp_path / "in"), "--model", model, "--batch-size", "2", "--output", str(out_dir))
+    job = cluster.batch(str(tmp_path / "in"), "--model", tiny_batch_model, "--batch-size", "2", "--output", str(out_dir))
     manifest, deadline = out_dir / MANIFEST, time.monotonic() + JOB_TIMEOUT_S
     # mid-run: some images are done and the worker node is running a stage (an inference actor or a task)
     while not (manifest.is_file() and manifest.read_bytes().count(b"\n") >= 4 and cluster.running_stages("worker")):

@@ -129,13 +129,13 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     from attnvis.render.writers import encode_image, encode_npy
 
     opts = plan.options
-    files, last_overlay = [], None
-    for name, rgb in layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False):
-        files.append((f"{key}/{name}", encode_image(rgb, opts.format)))  # encoded at once: one map in memory
-        last_overlay = rgb if name.startswith("attn_map_") else last_overlay
-    pairs = iter(zip(files[0::2], files[1::2]))  # (overlay, heatmap) per map, in layer_files' order
-    maps = [{"layer": i, "head": h, "overlay": over[0], "heatmap": heat[0]}
-            for i, h, (over, heat) in ((i, h, next(pairs)) for i in plan.layers for h in _heads(attn[i], opts))]
+    named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False))
+    files, maps, last_overlay = [], [], None
+    for i, h in ((i, h) for i in plan.layers for h in _heads(attn[i], opts)):  # layer_files' order of maps
+        (over_name, last_overlay), (heat_name, heat) = next(named), next(named)
+        files += [(f"{key}/{over_name}", encode_image(last_overlay, opts.format)),  # encoded at once:
+                  (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # one map's images in memory
+        maps.append({"layer": i, "head": h, "overlay": files[-2][0], "heatmap": files[-1][0]})
     out = Rendered(key, files, maps, image.shape[:2], prediction, head_grids=head_grids(attn, plan))
     if opts.save_raw:
         for i in plan.layers:

@@ -50,13 +50,13 @@ def words_needed(n: int) -> int:
 
 @njit(cache=True, nogil=True)
 def _sampled_histogram(data):
-    """Counts of every ``stride``-th byte plus one (so no byte value is left without a code); stride, counts."""
+    """Counts [257] of every ``stride``-th byte plus one (so no byte value is left without a code)."""
     n = data.shape[0]
     stride = max(1, n // _SAMPLES)
     hist = np.ones(_END + 1, np.int64)
     for i in range(0, n, stride):
         hist[scalar_load(data, i)] += 1
-    return stride, hist
+    return hist
 
 
 @njit(cache=True, nogil=True)
@@ -223,7 +223,7 @@ def _write_header(words, state, final, lit_lengths, dist_lengths):
         s = symbols[j, 0]
         _put(words, state, cl_codes[s], cl_lengths[s])
         if s >= 16:
-            _put(words, state, symbols[j, 1], 2 if s == 16 else 3 if s == 17 else 7)
+            _put(words, state, symbols[j, 1], 3 if s == 17 else 7)  # zero runs: 17 or 18
 
 
 @njit(cache=True, nogil=True)
@@ -289,7 +289,7 @@ def deflate_huffman(data, words):
     """
     n = data.shape[0]
     lengths = np.zeros(_END + 1, np.int64)
-    _huffman_lengths(_sampled_histogram(data)[1], 15, lengths)
+    _huffman_lengths(_sampled_histogram(data), 15, lengths)
     codes = _canonical_codes(lengths)
     state = np.zeros(3, np.int64)  # bit buffer, bits in it, next word
     _write_header(words, state, True, lengths, np.ones(2, np.int64))  # two unused 1-bit distance codes, as zlib

@@ -56,12 +56,13 @@ def _packed_table(colormap: str) -> np.ndarray:
     return words
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def check_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """``image`` as a C-contiguous uint8 [H, W, 3] array; ValueError naming ``what`` otherwise."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
-        raise ValueError(f"image must be uint8 [H, W, 3] RGB, got {got}")
+        raise ValueError(f"{what} must be uint8 [H, W, 3] RGB, got {got}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
+        raise ValueError(f"{what} is empty: shape {image.shape}")
     return np.ascontiguousarray(image)
 
 
@@ -117,7 +118,7 @@ def render_map(
     Raises:
         ValueError: wrong dtype/shape, non-finite map, alpha or colormap out of range.
     """
-    grid, image = _check_grid(grid), _check_image(image)
+    grid, image = _check_grid(grid), check_rgb(image)
     lut, lut32, alpha = colormap_table(colormap), _packed_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)
     heat, over = np.empty_like(image), np.empty_like(image)
@@ -190,7 +191,7 @@ def render_regions(
     Returns:
         ``(heatmap, overlay)``, both uint8 [H, W, 3] RGB.
     """
-    image = _check_image(image)
+    image = check_rgb(image)
     values = region_values(weights, boxes, image.shape[:2])
     lut, alpha = colormap_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)

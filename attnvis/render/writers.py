@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvis.render.heatmap import check_rgb
+
 FORMATS: tuple[str, ...] = ("png", "jpg", "webp")
 _ALIASES = {"jpeg": "jpg"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,15 +35,6 @@ try:  # ISA-L deflate: fast, GIL released (see module docstring)
     from isal import isal_zlib as _deflate
 except ImportError:  # pragma: no cover - exercised only where isal has no wheel
     _deflate = zlib
-
-
-def _check_rgb(rgb: np.ndarray) -> np.ndarray:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        got = f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}"
-        raise ValueError(f"image to encode must be uint8 [H, W, 3] RGB, got {got}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"image to encode is empty: shape {rgb.shape}")
-    return rgb
 
 
 def _format_name(fmt: str) -> str:
@@ -101,9 +94,13 @@ def encode_png(rgb: np.ndarray) -> bytes:
     Returns:
         The PNG file's bytes.
     """
+    return _png_file(check_rgb(rgb, "image to encode"))
+
+
+def _png_file(rgb: np.ndarray) -> bytes:
+    """:func:`encode_png` of a checked, C-contiguous RGB image."""
     from attnvis.render import _png  # numba: loaded on first use
 
-    rgb = np.ascontiguousarray(_check_rgb(rgb))
     height, width = rgb.shape[:2]
     filtered = _scratch("filtered", height * (width * 3 + 1), np.uint8).reshape(height, width * 3 + 1)
     _png.sub_filter(rgb.reshape(height, width * 3), filtered)  # (H, 1 + 3W)
@@ -128,9 +125,9 @@ def encode_image(rgb: np.ndarray, format: str = "png", quality: int | None = Non
         ValueError: bad image, unknown format or quality out of range.
     """
     fmt = _format_name(format)
-    rgb = _check_rgb(rgb)
+    rgb = check_rgb(rgb, "image to encode")
     if fmt == "png":
-        return encode_png(rgb)
+        return _png_file(rgb)
     import cv2
 
     quality = DEFAULT_QUALITY[fmt] if quality is None else int(quality)
