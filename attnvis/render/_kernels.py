@@ -162,8 +162,8 @@ def _levels(vals, lo, span, out):
 
 
 @njit(cache=True, nogil=True)
-def _paint(levels, lut, lut32, heat):
-    """heat [3n] uint8 = lut[levels [n]], four pixels per three 32-bit stores.
+def _paint(levels, lut32, heat):
+    """heat [3n] uint8 = colours of levels [n], four pixels per three 32-bit stores.
 
     ``lut32[i]`` is colour ``i`` as ``r | g << 8 | b << 16``; storing words
     assumes a little-endian machine (every platform numba supports).
@@ -179,9 +179,10 @@ def _paint(levels, lut, lut32, heat):
         scalar_store(words, 3 * i, c0 | (c1 << 24))  # r0 g0 b0 r1
         scalar_store(words, 3 * i + 1, (c1 >> 8) | (c2 << 16))  # g1 b1 r2 g2
         scalar_store(words, 3 * i + 2, (c2 >> 16) | (c3 << 8))  # b2 r3 g3 b3
-    for p in range(4 * n4, n):
+    for p in range(4 * n4, n):  # the last n % 4 pixels, byte by byte
+        colour = lut32[levels[p]]
         for c in range(3):
-            heat[3 * p + c] = lut[levels[p], c]
+            heat[3 * p + c] = (colour >> (8 * c)) & 0xFF
 
 
 @njit(cache=True, nogil=True)
@@ -206,15 +207,15 @@ def _blend(image, heat, a_img, a_heat, over):
 
 
 @njit(cache=True, nogil=True)
-def _finish_block(levels, lut, lut32, image, a_img, a_heat, heat, over, start, stop):
+def _finish_block(levels, lut32, image, a_img, a_heat, heat, over, start, stop):
     """Paint and blend pixels [start, stop) (flat pixel indices) from their levels."""
     s, e = 3 * start, 3 * stop
-    _paint(levels, lut, lut32, heat[s:e])
+    _paint(levels, lut32, heat[s:e])
     _blend(image[s:e], heat[s:e], a_img, a_heat, over[s:e])
 
 
 @njit(cache=True, nogil=True)
-def _grid_block(rows, y0, y1, fy, lo, span, lut, lut32, image, a_img, a_heat, heat, over, start, stop):
+def _grid_block(rows, y0, y1, fy, lo, span, lut32, image, a_img, a_heat, heat, over, start, stop):
     """Output rows [start, stop) of the grid path: values → levels → heat, over."""
     W = rows.shape[1]
     buf = np.empty(W, np.float32)
@@ -222,7 +223,7 @@ def _grid_block(rows, y0, y1, fy, lo, span, lut, lut32, image, a_img, a_heat, he
     for y in range(start, stop):
         _lerp_row(rows[y0[y]], rows[y1[y]], fy[y], buf)
         _levels(buf, lo, span, levels[(y - start) * W : (y - start + 1) * W])
-    _finish_block(levels, lut, lut32, image, a_img, a_heat, heat, over, start * W, stop * W)
+    _finish_block(levels, lut32, image, a_img, a_heat, heat, over, start * W, stop * W)
 
 
 @njit(cache=True, nogil=True)
@@ -236,7 +237,7 @@ def _weights(alpha):
 
 
 @njit(cache=True, nogil=True)
-def render_grid_serial(grid, image, height, lut, lut32, alpha, vmin, vmax, use_range, heat, over):
+def render_grid_serial(grid, image, height, lut32, alpha, vmin, vmax, use_range, heat, over):
     """grid [h, w] float32, image flat [3HW] uint8 RGB → heat, over flat [3HW] uint8 (in place)."""
     width = image.shape[0] // (3 * height)
     rows = resize_rows(grid, width)
@@ -245,11 +246,11 @@ def render_grid_serial(grid, image, height, lut, lut32, alpha, vmin, vmax, use_r
     a_img, a_heat = _weights(alpha)
     for start in range(0, height, BLOCK):
         stop = min(start + BLOCK, height)
-        _grid_block(rows, y0, y1, fy, lo, _span(lo, hi), lut, lut32, image, a_img, a_heat, heat, over, start, stop)
+        _grid_block(rows, y0, y1, fy, lo, _span(lo, hi), lut32, image, a_img, a_heat, heat, over, start, stop)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def render_grid_parallel(grid, image, height, lut, lut32, alpha, vmin, vmax, use_range, heat, over):
+def render_grid_parallel(grid, image, height, lut32, alpha, vmin, vmax, use_range, heat, over):
     """As :func:`render_grid_serial`, parallel over blocks of rows."""
     width = image.shape[0] // (3 * height)
     rows = resize_rows(grid, width)
@@ -260,7 +261,7 @@ def render_grid_parallel(grid, image, height, lut, lut32, alpha, vmin, vmax, use
     span = _span(lo, hi)
     for b in prange(blocks):
         start, stop = b * BLOCK, min((b + 1) * BLOCK, height)
-        _grid_block(rows, y0, y1, fy, lo, span, lut, lut32, image, a_img, a_heat, heat, over, start, stop)
+        _grid_block(rows, y0, y1, fy, lo, span, lut32, image, a_img, a_heat, heat, over, start, stop)
 
 
 @njit(cache=True, nogil=True)
@@ -295,7 +296,7 @@ def paint_regions(weights, boxes, height, width):
 
 
 @njit(cache=True, nogil=True)
-def shade_values_serial(values, image, lut, lut32, alpha, vmin, vmax, use_range, heat, over):
+def shade_values_serial(values, image, lut32, alpha, vmin, vmax, use_range, heat, over):
     """Full-size values [H, W] float32, image flat [3HW] → heat, over flat [3HW] uint8 (in place)."""
     flat = values.ravel()
     lo, hi = np.float32(vmin), np.float32(vmax)
@@ -305,4 +306,4 @@ def shade_values_serial(values, image, lut, lut32, alpha, vmin, vmax, use_range,
     levels = np.empty(flat.shape[0], np.uint8)
     _levels(flat, lo, _span(lo, hi), levels)
     a_img, a_heat = _weights(alpha)
-    _finish_block(levels, lut, lut32, image, a_img, a_heat, heat, over, 0, flat.shape[0])
+    _finish_block(levels, lut32, image, a_img, a_heat, heat, over, 0, flat.shape[0])

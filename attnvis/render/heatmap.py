@@ -48,7 +48,7 @@ def _kernels(parallel: bool):
 
 
 def _packed_table(colormap: str) -> np.ndarray:
-    """The colormap as uint32 [256] words ``r | g << 8 | b << 16`` (the kernels' four-pixel stores)."""
+    """The colormap as uint32 [256] words ``r | g << 8 | b << 16``, the kernels' table (raises on an unknown name)."""
     words = _PACKED.get(colormap)
     if words is None:
         rgb = colormap_table(colormap).astype(np.uint32)
@@ -119,12 +119,12 @@ def render_map(
         ValueError: wrong dtype/shape, non-finite map, alpha or colormap out of range.
     """
     grid, image = _check_grid(grid), check_rgb(image)
-    lut, lut32, alpha = colormap_table(colormap), _packed_table(colormap), _check_alpha(alpha)
+    lut32, alpha = _packed_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)
     heat, over = np.empty_like(image), np.empty_like(image)
     k = _kernels(parallel)
     height = image.shape[0]
-    args = (grid, image.ravel(), height, lut, lut32, alpha, vmin, vmax, use_range, heat.ravel(), over.ravel())
+    args = (grid, image.ravel(), height, lut32, alpha, vmin, vmax, use_range, heat.ravel(), over.ravel())
     if parallel:
         with _PARALLEL_LOCK:
             k.render_grid_parallel(*args)
@@ -193,11 +193,11 @@ def render_regions(
     """
     image = check_rgb(image)
     values = region_values(weights, boxes, image.shape[:2])
-    lut, alpha = colormap_table(colormap), _check_alpha(alpha)
+    lut32, alpha = _packed_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)
     heat, over = np.empty_like(image), np.empty_like(image)
     _kernels(False).shade_values_serial(
-        values, image.ravel(), lut, _packed_table(colormap), alpha, vmin, vmax, use_range, heat.ravel(), over.ravel()
+        values, image.ravel(), lut32, alpha, vmin, vmax, use_range, heat.ravel(), over.ravel()
     )
     return heat, over
 
