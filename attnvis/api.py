@@ -63,10 +63,10 @@ def check_selection(meta: ModelMetadata, options: VisualizeOptions) -> list[int]
 
 def layer_images(attn: np.ndarray, meta: ModelMetadata, options: VisualizeOptions) -> list[tuple[str, np.ndarray]]:
     """(file suffix, grid) pairs for one layer's map of one image."""
-    from attnvis.render import attention_grid
+    from attnvis.render import attention_grid, head_grids
 
     if options.head is None and not options.avg_heads and attn.ndim == 3:
-        return [(f"_head_{h}", attention_grid(attn, meta.tokens, head=h)) for h in range(attn.shape[0])]
+        return [(f"_head_{h}", grid) for h, grid in enumerate(head_grids(attn, meta.tokens))]
     return [("", attention_grid(attn, meta.tokens, head=options.head))]
 
 

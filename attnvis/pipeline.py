@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class BatchSummary:
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time over the run: cpu_seconds / seconds = cores kept busy
     output: Path = Path(".")
+    gallery: Path | None = None  # index.html, when written
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason), the first few
 
     @property
@@ -81,7 +83,8 @@ class BatchSummary:
         lines = [f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed "
                  f"of {self.total} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
                  f"{self.cpu_seconds / max(self.seconds, 1e-9):.1f} cores busy)",
-                 f"outputs: {self.output}  manifest: {self.output / 'manifest.jsonl'}  gallery: {self.output / 'index.html'}"]
+                 f"outputs: {self.output}  manifest: {self.output / 'manifest.jsonl'}"
+                 + (f"  gallery: {self.gallery}" if self.gallery else "")]
         lines += [f"failed: {reason}" for _, reason in self.failures[:10]]
         if self.failed > 10:
             lines.append(f"... and {self.failed - 10} more failures: see the manifest (status \"failed\")")
@@ -99,6 +102,12 @@ def _check(config: BatchConfig) -> None:
         raise InputError(f"--engine {config.engine!r} is not one of {', '.join(ENGINES)}")
     if not 0.0 <= config.options.alpha <= 1.0:
         raise InputError(f"--alpha {config.options.alpha} must be in [0, 1]")
+    from attnvis.render import COLORMAPS, FORMATS
+
+    if config.options.colormap not in COLORMAPS:
+        raise InputError(f"--colormap {config.options.colormap!r} is not one of {', '.join(COLORMAPS)}")
+    if config.options.format not in FORMATS:
+        raise InputError(f"--format {config.options.format!r} is not one of {', '.join(FORMATS)}")
     if config.engine == "ray":
         from attnvis.batch.ray_engine import check_config
 
@@ -124,11 +133,15 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     """
     from attnvis.batch import manifest as mf
     from attnvis.batch.inputs import discover
-    from attnvis.batch.stages import clean_tmp, make_plan
+    from attnvis.batch.stages import clean_tmp, make_plan, warm_up
 
     _check(config)
     items = discover(config.inputs, exclude=config.output)
-    session = open_session(config)
+    with ThreadPoolExecutor(1) as pool:  # the renderer's one-time loading, while the model opens
+        warm = pool.submit(warm_up, config.options) if config.engine == "local" else None
+        session = open_session(config)
+        if warm is not None:
+            warm.result()
     plan = make_plan(session.metadata, config.options, config.model)
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
@@ -141,7 +154,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
         _engine(config, session, plan, root).run(pending, _sink(manifest, summary, bar))
     summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     if config.gallery:
-        _write_gallery(root, items, plan)
+        summary.gallery = _write_gallery(root, items, plan)
     return summary
 
 
@@ -180,13 +193,13 @@ def _progress(total: int, enabled: bool):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def _write_gallery(root: Path, items, plan) -> None:
+def _write_gallery(root: Path, items, plan) -> Path:
     from attnvis.batch import manifest as mf
     from attnvis.gallery import write_gallery
 
     records = mf.load(root / mf.MANIFEST)
     ordered = [records[item.key] for item in items if item.key in records]
-    write_gallery(root, ordered, plan.metadata, title=f"attnvis batch: {plan.model}", colormap=plan.options.colormap,
+    return write_gallery(root, ordered, plan.metadata, title=f"attnvis batch: {plan.model}", colormap=plan.options.colormap,
                   alpha=plan.options.alpha)
 
 

@@ -51,6 +51,8 @@ def seed_loop(paths: list[Path], model: str, out: Path) -> dict:
     """The seed guide's per-image loop, one process: images/s and CPU ms per image."""
     from attnvis.runtime import open_model
 
+    shutil.rmtree(out, ignore_errors=True)  # as the batch's output folder: files are created, not overwritten
+
     session = open_model(model, device="cpu")
     meta = session.metadata
     start, cpu = time.perf_counter(), time.process_time()
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     seed_loop(paths[:5], args.model, work / "seed")  # warm-up
     rounds = []  # seed, batch, seed, batch, ...: the shared machine's slow spells fall on both alike
     for _ in range(args.rounds):
+        os.sync()  # each run starts with no dirty pages from the one before (writing into a full page cache costs more CPU)
         seed = seed_loop(paths[: args.images], args.model, work / "seed")
+        os.sync()
         batch = run_batch(subset, work / "batch", args.model)
         rounds.append({"seed_loop": seed, "batch": batch, "speedup": round(batch["images_per_s"] / seed["images_per_s"], 2),
                        "cpu_per_image_ratio": round(seed["cpu_ms_per_image"] / batch["cpu_ms_per_image"], 2)})

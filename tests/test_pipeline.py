@@ -15,13 +15,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
+from attnvis.api import VisualizeOptions
 from attnvis.batch.inputs import discover
 from attnvis.batch.manifest import MANIFEST, Manifest, load
 from attnvis.cli import main
+from attnvis.errors import InputError
 from attnvis.models.tiny import make_scene
-from attnvis.pipeline import EXIT_SOME_FAILED
+from attnvis.pipeline import EXIT_SOME_FAILED, BatchConfig, run_batch
 
 SEED_FILES = [f"{kind}_layer_{i}_blocks.{i}.attn.png" for i in range(2) for kind in ("attn_map", "heatmap")]
 
@@ -135,6 +138,23 @@ def test_resume_skips_complete_images_and_redoes_missing_files(tiny_batch_model,
     assert (tmp_path / "out" / "3.png" / SEED_FILES[1]).is_file()
     assert batch(tiny_batch_model, *args, "--resume", "--colormap", "viridis") == 0  # other options: nothing is skipped
     assert "6 done, 0 skipped" in capsys.readouterr().out
+
+
+def test_summary_names_the_gallery_only_when_written(tiny_batch_model, tmp_path, capsys):
+    save(tmp_path / "in" / "a.png", scene(0))
+    assert batch(tiny_batch_model, str(tmp_path / "in"), "--output", str(tmp_path / "plain"), "--no-gallery") == 0
+    assert "gallery:" not in capsys.readouterr().out and not (tmp_path / "plain" / "index.html").exists()
+    assert batch(tiny_batch_model, str(tmp_path / "in"), "--output", str(tmp_path / "shown")) == 0
+    assert f"gallery: {tmp_path / 'shown' / 'index.html'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, value", [("colormap", "rainbow"), ("format", "bmp"), ("alpha", 1.5)])
+def test_bad_render_options_are_refused_before_any_work(tmp_path, option, value):
+    save(tmp_path / "in" / "a.png", scene(0))
+    options = VisualizeOptions(**{option: value})
+    with pytest.raises(InputError, match=f"--{option}"):
+        run_batch(BatchConfig([str(tmp_path / "in")], str(tmp_path / "out"), model="default", options=options))
+    assert not (tmp_path / "out").exists()
 
 
 def test_manifest_ignores_and_repairs_a_torn_last_line(tmp_path):

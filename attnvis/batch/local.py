@@ -11,9 +11,11 @@ The one model session is used by the driving thread only.
 Flow (``W`` workers, ``B`` batch size)::
 
     items ──► decode (pool, ≤ B + 2W ahead) ──► infer (driver, B per call)
-          ──► render + encode + write (pool, ≤ 2W in flight) ──► manifest (driver)
+          ──► render + encode + write (pool, ≤ B + 2W in flight) ──► manifest (driver)
 
-Memory is bounded by those windows, whatever the number of images.
+The render window holds more than a batch, so the workers still have renders
+queued while the driver runs the next inference. Memory is bounded by those
+windows, whatever the number of images.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class LocalEngine:
 
     def run(self, items: Iterable[Item], sink: Callable[[dict], None]) -> None:
         """Process ``items``; call ``sink(record)`` on the calling thread once per item."""
-        ahead, in_flight = self.batch_size + 2 * self.workers, 2 * self.workers
+        ahead = in_flight = self.batch_size + 2 * self.workers
         with ThreadPoolExecutor(self.workers, thread_name_prefix="attnvis-batch") as pool:
             decoding: deque[tuple[Item, Future]] = deque()
             rendering: deque[Future] = deque()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from attnvis.api import VisualizeOptions, check_selection, layer_files
-from attnvis.batch.decode import Decoded, decode
+from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe
 from attnvis.batch.inputs import Item
 from attnvis.errors import InputError
 from attnvis.export.metadata import ModelMetadata
@@ -155,14 +155,13 @@ def head_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
     """
     import base64
 
-    from attnvis.render import attention_grid
+    from attnvis.render.grid import head_grids as grids_of
 
     if any(attn[i].ndim != 3 for i in plan.layers):
         return None  # reduced in-graph: no heads to show
     layers = {}
     for i in plan.layers:
-        grids = np.stack([attention_grid(attn[i], plan.metadata.tokens, head=h) for h in range(attn[i].shape[0])])
-        flat = grids.reshape(grids.shape[0], -1)  # (heads, h * w)
+        flat = grids_of(attn[i], plan.metadata.tokens).reshape(attn[i].shape[0], -1)  # (heads, h * w)
         lo = flat.min(axis=1, keepdims=True)
         span = np.maximum(flat.max(axis=1, keepdims=True) - lo, np.float32(1e-12))
         levels = np.round(255 * (flat - lo) / span).astype(np.uint8)  # each head on its own 0..255 scale
@@ -190,6 +189,27 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
     return encode_image(rgb, "jpg", 85)
 
 
+def warm_up(options: VisualizeOptions) -> None:
+    """Load what the first image would otherwise load mid-run: numba's cached kernels, OpenCV, PIL's decoders.
+
+    That is about 0.6 s here, once; :func:`attnvis.pipeline.run_batch` does it
+    while the model opens, instead of with every thread waiting on the first
+    image's render.
+    """
+    from attnvis.render import render_map
+    from attnvis.render.writers import encode_image
+    from attnvis.runtime.images import decode_image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    heatmap, overlay = render_map(rng.random((2, 2), dtype=np.float32), image, options.colormap, options.alpha, parallel=False)
+    for rgb in (heatmap, overlay):  # smooth and noisy: both PNG coders
+        encode_image(rgb, options.format)
+    jpeg = encode_image(overlay, "jpg")  # OpenCV's JPEG encoder (thumbnails), then PIL's header check and decoding
+    probe(jpeg, "warm-up", DEFAULT_MAX_PIXELS)
+    decode_image(jpeg)
+
+
 def is_tmp_name(name: str) -> bool:
     """Whether ``name`` is a temporary file of :func:`attnvis.render.writers.write_bytes_atomic`."""
     return name.startswith(".") and name.endswith(_TMP_SUFFIX)
@@ -201,15 +221,16 @@ def write_files(root: Path, files: list[tuple[str, bytes]]) -> int:
     A crash leaves at most temporary files (dot-names ending ``.tmp``, removed
     by :func:`clean_tmp`), never a half-written output. Returns bytes written.
     """
-    from attnvis.render.writers import write_bytes_atomic
+    from attnvis.render.writers import write_atomic
 
-    written, made = 0, set()
+    base, written, made = os.fspath(root), 0, set()
     for rel, data in files:
-        path = root / rel
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        write_bytes_atomic(path, data)
+        path = f"{base}/{rel}"
+        folder = os.path.dirname(path)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        write_atomic(path, data)
         written += len(data)
     return written
 

@@ -8,7 +8,7 @@ Public API:
 - :func:`render_map` — grid [h, w] + image → (heatmap, overlay), fused numba kernel.
 - :func:`render_heatmap`, :func:`render_regions`, :func:`region_values`.
 - :class:`Scale`, :func:`global_scale` — normalization per image or over many maps.
-- :func:`attention_grid`, :func:`attention_grids` — captured maps → grid.
+- :func:`attention_grid`, :func:`attention_grids`, :func:`head_grids` — captured maps → grid.
 - :data:`COLORMAPS`, :func:`colormap_table`.
 - :data:`FORMATS`, :func:`encode_image`, :func:`write_image`.
 - :func:`attention_rollout`, :func:`threshold_mask`.
@@ -31,6 +31,7 @@ _LAZY = {
     "global_scale": "attnvis.render.heatmap",
     "attention_grid": "attnvis.render.grid",
     "attention_grids": "attnvis.render.grid",
+    "head_grids": "attnvis.render.grid",
     "FORMATS": "attnvis.render.writers",
     "encode_image": "attnvis.render.writers",
     "write_image": "attnvis.render.writers",

@@ -73,10 +73,36 @@ def attention_grid(attn: np.ndarray, tokens: TokenLayout, head: int | None = Non
             raise ValueError(f"head={head} asked for, but the map [Q, K] {attn.shape} was already averaged over heads")
         _check_keys(attn.shape[-1], tokens)
         full = attn if attn.ndim == 3 else attn[None]  # (heads, Q, K)
-        row = _query_row(_select_heads(full, head), tokens).mean(axis=0, dtype=np.float32)
+        row = _head_mean(_query_row(_select_heads(full, head), tokens))
     else:
         raise ValueError(f"attention must be [heads, Q, K], [Q, K] or [K - prefix], got shape {attn.shape}")
     return np.ascontiguousarray(row, dtype=np.float32).reshape(h, w)
+
+
+def head_grids(attn: np.ndarray, tokens: TokenLayout) -> np.ndarray:
+    """Every head's grid of one image's ``[heads, Q, K]`` map → float32 [heads, h, w].
+
+    The same values as :func:`attention_grid` with ``head=0, 1, ...``, from
+    one slice of the map instead of one call per head.
+    """
+    attn = np.asarray(attn)
+    if attn.ndim == 4 and attn.shape[0] == 1:
+        attn = attn[0]
+    if attn.ndim != 3:
+        raise ValueError(f"per-head grids need a [heads, Q, K] map, got shape {attn.shape}")
+    h, w = _layout_grid(tokens)
+    _check_keys(attn.shape[-1], tokens)
+    return np.ascontiguousarray(_query_row(attn, tokens), dtype=np.float32).reshape(attn.shape[0], h, w)
+
+
+def _head_mean(rows: np.ndarray) -> np.ndarray:
+    """``rows.mean(axis=0)`` in float32, bit for bit, without ``np.mean``'s Python overhead.
+
+    ``np.mean`` sums along the axis in float32 and divides the sum by the
+    count once; so does this (a float32 quotient equals the float64 one
+    rounded to float32, so the count's type does not matter).
+    """
+    return np.add.reduce(rows, axis=0, dtype=np.float32) / np.float32(rows.shape[0])
 
 
 def _reduced_row(attn: np.ndarray, tokens: TokenLayout, head: int | None) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 from render_reference import grid_from_full
 
 from attnvis.export.metadata import TokenLayout
-from attnvis.render import attention_grid, attention_grids
+from attnvis.render import attention_grid, attention_grids, head_grids
 
 VIT = TokenLayout(prefix_tokens=1, grid=(14, 14), cls_index=0, prefix_names=("cls",))
 DEIT = TokenLayout(prefix_tokens=2, grid=(3, 4), cls_index=0, prefix_names=("cls", "dist"))
@@ -56,6 +56,28 @@ def test_batched_variant():
     assert grids.shape == (4, 3, 4)
     for b in range(4):
         np.testing.assert_array_equal(grids[b], attention_grid(attn[b], DEIT, head=1))
+
+
+@pytest.mark.parametrize("tokens", [VIT, DEIT, NO_CLS])
+def test_head_grids_equal_one_call_per_head(tokens):
+    k = tokens.prefix_tokens + tokens.num_patches
+    attn = _softmax_maps(5, k, k, seed=3)
+    grids = head_grids(attn, tokens)
+    assert grids.dtype == np.float32 and grids.shape == (5, *tokens.grid) and grids.flags.c_contiguous
+    for h in range(5):
+        np.testing.assert_array_equal(grids[h], attention_grid(attn, tokens, head=h))
+    np.testing.assert_array_equal(head_grids(attn[None], tokens), grids)  # (1, heads, Q, K)
+    with pytest.raises(ValueError, match="per-head grids need a \\[heads, Q, K\\] map"):
+        head_grids(attn[0], tokens)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3, 4, 6, 12, 16])
+def test_head_mean_is_numpys_mean_bit_for_bit(heads):
+    rng = np.random.default_rng(heads)
+    for scale in (1e-6, 1.0, 1e4):  # softmax-like, unit and wide ranges
+        attn = (rng.random((heads, 5, 1 + 196)) * scale).astype(np.float32)
+        expected = attn[:, 0, 1:].mean(axis=0, dtype=np.float32).reshape(14, 14)
+        np.testing.assert_array_equal(attention_grid(attn, VIT), expected)
 
 
 def test_input_unmodified():
