@@ -72,23 +72,26 @@ def layer_images(attn: np.ndarray, meta: ModelMetadata, options: VisualizeOption
 
 def layer_files(
     attn: list[np.ndarray], image: np.ndarray, meta: ModelMetadata, layers: list[int], options: VisualizeOptions,
-    *, parallel: bool = True,
+    *, parallel: bool = True, reuse: bool = False,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(file name, RGB image) pairs with the seed guide's names for one image's chosen layers.
 
     ``attn[i]`` is layer ``i``'s map of this image (no batch axis). Shared by
     ``visualize`` and ``batch`` so both write the same files; ``parallel=False``
     for callers that already parallelize over images. Maps are rendered as
-    the pairs are consumed (overlay, then heatmap, per map), so a caller that
-    encodes as it goes holds one map's images at a time: their memory is
-    reused instead of freshly faulted in for every map.
+    the pairs are consumed (overlay, then heatmap, per map). With
+    ``reuse=True`` every map is rendered into the same two arrays, for a
+    caller that encodes each pair before taking the next: memory already
+    mapped and in cache, instead of fresh pages for every map.
     """
     from attnvis.render import render_map
 
+    out = (np.empty_like(image), np.empty_like(image)) if reuse else None
     for i in layers:
         name = safe_name(meta.layers[i].name)
         for suffix, grid in layer_images(attn[i], meta, options):
-            heatmap, overlay = render_map(grid, image, colormap=options.colormap, alpha=options.alpha, parallel=parallel)
+            heatmap, overlay = render_map(grid, image, colormap=options.colormap, alpha=options.alpha, parallel=parallel,
+                                          out=out)
             yield f"attn_map_layer_{i}_{name}{suffix}.{options.format}", overlay
             yield f"heatmap_layer_{i}_{name}{suffix}.{options.format}", heatmap
 

@@ -129,12 +129,12 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     from attnvis.render.writers import encode_image, encode_npy
 
     opts = plan.options
-    named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False))
+    named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True))
     files, maps, last_overlay = [], [], None
     for i, h in ((i, h) for i in plan.layers for h in _heads(attn[i], opts)):  # layer_files' order of maps
         (over_name, last_overlay), (heat_name, heat) = next(named), next(named)
-        files += [(f"{key}/{over_name}", encode_image(last_overlay, opts.format)),  # encoded at once:
-                  (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # one map's images in memory
+        files += [(f"{key}/{over_name}", encode_image(last_overlay, opts.format)),  # encoded before the next
+                  (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # map overwrites the two arrays
         maps.append({"layer": i, "head": h, "overlay": files[-2][0], "heatmap": files[-1][0]})
     out = Rendered(key, files, maps, image.shape[:2], prediction, head_grids=head_grids(attn, plan))
     if opts.save_raw:

@@ -76,6 +76,15 @@ def _check_grid(grid: np.ndarray, name: str = "grid") -> np.ndarray:
     return grid
 
 
+def _check_out(out: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    if len(out) != 2 or any(not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.shape != shape
+                            or not a.flags.c_contiguous for a in out):
+        raise ValueError(f"out must be two C-contiguous uint8 arrays of the image's shape {shape}")
+    if np.shares_memory(out[0], out[1]):
+        raise ValueError("out's heatmap and overlay arrays must not overlap")
+    return out[0], out[1]
+
+
 def _check_alpha(alpha: float) -> float:
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -98,6 +107,7 @@ def render_map(
     *,
     scale: Scale | None = None,
     parallel: bool = True,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Upsample a small map to the image, colour it and blend it.
 
@@ -111,6 +121,9 @@ def render_map(
         parallel: use all cores over output rows; pass ``False`` when the
             caller already parallelizes over images or layers (threads: the
             kernel releases the GIL).
+        out: optional ``(heatmap, overlay)`` arrays to write into, each
+            C-contiguous uint8 of the image's shape: a caller rendering map
+            after map reuses memory that is already mapped and in cache.
 
     Returns:
         ``(heatmap, overlay)``, both uint8 [H, W, 3] RGB.
@@ -121,7 +134,7 @@ def render_map(
     grid, image = _check_grid(grid), check_rgb(image)
     lut32, alpha = _packed_table(colormap), _check_alpha(alpha)
     vmin, vmax, use_range = _range_args(scale)
-    heat, over = np.empty_like(image), np.empty_like(image)
+    heat, over = (np.empty_like(image), np.empty_like(image)) if out is None else _check_out(out, image.shape)
     k = _kernels(parallel)
     height = image.shape[0]
     args = (grid, image.ravel(), height, lut32, alpha, vmin, vmax, use_range, heat.ravel(), over.ravel())

@@ -111,6 +111,33 @@ def test_inputs_unmodified_and_outputs_fresh():
     assert not np.shares_memory(heat, image) and not np.shares_memory(over, image)
 
 
+def test_out_arrays_are_written_and_returned():
+    grid, image = _inputs(14, 14, 48, 64)
+    out = (np.full_like(image, 7), np.full_like(image, 9))  # stale contents: every byte must be overwritten
+    for seed in range(3):  # map after map into the same memory
+        grid = _inputs(14, 14, 48, 64, seed=seed)[0]
+        heat, over = render_map(grid, image, parallel=bool(seed % 2), out=out)
+        assert heat is out[0] and over is out[1]
+        expected = render_map(grid, image)
+        np.testing.assert_array_equal(heat, expected[0])
+        np.testing.assert_array_equal(over, expected[1])
+
+
+@pytest.mark.parametrize("out", [
+    (np.zeros((48, 64, 3), np.uint8),),
+    (np.zeros((48, 64, 3), np.uint8), np.zeros((48, 65, 3), np.uint8)),
+    (np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64, 3), np.float32)),
+    (np.zeros((48, 64, 3), np.uint8), np.zeros((64, 48, 3), np.uint8).transpose(1, 0, 2)),
+])
+def test_bad_out_arrays_raise_value_error(out):
+    grid, image = _inputs(14, 14, 48, 64)
+    with pytest.raises(ValueError, match="out must be two C-contiguous uint8 arrays"):
+        render_map(grid, image, out=out)
+    shared = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="must not overlap"):
+        render_map(grid, image, out=(shared, shared))
+
+
 def test_non_contiguous_and_float64_inputs():
     grid, image = _inputs(14, 14, 40, 60)
     expected = render_map(grid, image)
