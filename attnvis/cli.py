@@ -7,6 +7,7 @@ lives in the library's dataclass or signature, not here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from attnvis.errors import AttnvisError
@@ -197,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except AttnvisError as err:
         print(f"attnvis: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # whoever read the output went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # 128 + SIGPIPE, the status a shell reports for a tool killed by the closed pipe
     except OSError as err:  # disk full, permissions on the output folder
         print(f"attnvis: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 1

@@ -75,6 +75,17 @@ def test_no_avg_heads_writes_one_map_per_head(onnx_model, image, tmp_path):
     assert heads > 1
 
 
+def test_closed_output_pipe_ends_quietly(onnx_model, image, tmp_path):
+    """`attnvis batch ... | head -0`: the reader is gone before the summary is printed."""
+    args = ["batch", image, "--model", onnx_model, "--output", tmp_path / "out", "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "attnvis", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait() == 141 and stderr == ""
+    assert (tmp_path / "out" / "manifest.jsonl").is_file()  # the work itself was done
+
+
 def test_missing_image(onnx_model, tmp_path):
     assert_one_line_error(attnvis("visualize", "--image", tmp_path / "nope.jpg", "--model", onnx_model), "image not found", "nope.jpg")
 
