@@ -65,7 +65,8 @@ class BatchSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the images' processing, from the first decode to the last manifest line
+    setup_seconds: float = 0.0  # before it: finding the inputs, opening the model, loading the kernels
     cpu_seconds: float = 0.0  # this process's CPU time over the run: cpu_seconds / seconds = cores kept busy
     output: Path = Path(".")
     gallery: Path | None = None  # index.html, when written
@@ -82,7 +83,7 @@ class BatchSummary:
     def text(self) -> str:
         lines = [f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed "
                  f"of {self.total} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
-                 f"{self.cpu_seconds / max(self.seconds, 1e-9):.1f} cores busy)",
+                 f"{self.cpu_seconds / max(self.seconds, 1e-9):.1f} cores busy; setup {self.setup_seconds:.1f} s)",
                  f"outputs: {self.output}  manifest: {self.output / 'manifest.jsonl'}"
                  + (f"  gallery: {self.gallery}" if self.gallery else "")]
         lines += [f"failed: {reason}" for _, reason in self.failures[:10]]
@@ -135,6 +136,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     from attnvis.batch.inputs import discover
     from attnvis.batch.stages import clean_tmp, make_plan, warm_up
 
+    began = time.perf_counter()
     _check(config)
     items = discover(config.inputs, exclude=config.output)
     with ThreadPoolExecutor(1) as pool:  # the renderer's one-time loading, while the model opens
@@ -148,8 +150,8 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     clean_tmp(root)
     previous = mf.load(root / mf.MANIFEST) if config.resume else {}
     pending = [item for item in items if not mf.is_complete(previous.get(item.key), root, plan.fingerprint)]
-    summary = BatchSummary(total=len(items), skipped=len(items) - len(pending), output=root)
     start, cpu = time.perf_counter(), time.process_time()
+    summary = BatchSummary(total=len(items), skipped=len(items) - len(pending), output=root, setup_seconds=start - began)
     with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar:
         _engine(config, session, plan, root).run(pending, _sink(manifest, summary, bar))
     summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
