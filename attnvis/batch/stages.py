@@ -14,6 +14,7 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ class RenderPlan:
     model: str = "default"
     thumbs: bool = True
 
-    @property
+    @cached_property  # asked once per image (manifest lines, --resume checks)
     def fingerprint(self) -> str:
         """Hash of what changes the files: ``--resume`` only trusts records with the same one."""
         doc = {"options": asdict(self.options), "layers": self.layers, "model": self.model, "thumbs": self.thumbs,
