@@ -23,7 +23,7 @@ from attnvis.api import VisualizeOptions, check_selection, layer_files
 from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe
 from attnvis.batch.inputs import Item
 from attnvis.errors import InputError
-from attnvis.export.metadata import ModelMetadata
+from attnvis.export.metadata import ModelMetadata, Preprocess
 
 THUMB_WIDTH = 192  # gallery thumbnails: the last layer's overlay, JPEG
 THUMB_NAME = "thumbnail.jpg"  # beside the seed files, so an image folder is self-contained
@@ -193,13 +193,13 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
 def warm_up(options: VisualizeOptions) -> None:
     """Load what the first image would otherwise load mid-run: numba's cached kernels, OpenCV, PIL's decoders.
 
-    That is about 0.6 s here, once; :func:`attnvis.pipeline.run_batch` does it
+    That is about 0.9 s here, once; :func:`attnvis.pipeline.run_batch` does it
     while the model opens, instead of with every thread waiting on the first
     image's render.
     """
     from attnvis.render import render_map
     from attnvis.render.writers import encode_image
-    from attnvis.runtime.images import decode_image
+    from attnvis.runtime.images import decode_image, preprocess
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
@@ -208,7 +208,7 @@ def warm_up(options: VisualizeOptions) -> None:
         encode_image(rgb, options.format)
     jpeg = encode_image(overlay, "jpg")  # OpenCV's JPEG encoder (thumbnails), then PIL's header check and decoding
     probe(jpeg, "warm-up", DEFAULT_MAX_PIXELS)
-    decode_image(jpeg)
+    preprocess([decode_image(jpeg)], Preprocess(size=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3))  # the resampler
 
 
 def is_tmp_name(name: str) -> bool:
