@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,11 +140,10 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     began = time.perf_counter()
     _check(config)
     items = discover(config.inputs, exclude=config.output)
-    with ThreadPoolExecutor(1) as pool:  # the renderer's one-time loading, while the model opens
-        warm = pool.submit(warm_up, config.options) if config.engine == "local" else None
-        session = open_session(config)
-        if warm is not None:
-            warm.result()
+    warmed = _in_background(warm_up, config.options) if config.engine == "local" else None
+    session = open_session(config)  # meanwhile the renderer's one-time loading
+    if warmed is not None:
+        warmed()
     plan = make_plan(session.metadata, config.options, config.model)
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
@@ -158,6 +158,31 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     if config.gallery:
         summary.gallery = _write_gallery(root, items, plan)
     return summary
+
+
+def _in_background(fn, *args) -> Callable[[], None]:
+    """Start ``fn(*args)`` on a daemon thread; the returned call waits for it and re-raises its error.
+
+    A daemon thread, so that an error in the meantime (a model that does not
+    open) ends the process at once instead of after the work in the background.
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            failure.append(err)
+
+    thread = threading.Thread(target=run, name="attnvis-background", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
 
 
 def _engine(config: BatchConfig, session, plan, root: Path):

@@ -157,6 +157,34 @@ def test_bad_render_options_are_refused_before_any_work(tmp_path, option, value)
     assert not (tmp_path / "out").exists()
 
 
+def test_renderer_warm_up_overlaps_the_model_opening_and_its_errors_surface(monkeypatch, tmp_path):
+    import threading
+
+    from attnvis.batch import stages
+    from attnvis.errors import AttnvisError
+
+    save(tmp_path / "in" / "a.png", scene(0))
+    release, finished = threading.Event(), threading.Event()
+
+    def slow(options):  # still loading...
+        release.wait(30)
+        finished.set()
+
+    monkeypatch.setattr(stages, "warm_up", slow)
+    config = BatchConfig([str(tmp_path / "in")], str(tmp_path / "out"), model=str(tmp_path / "missing.onnx"))
+    with pytest.raises(AttnvisError, match="missing.onnx"):  # ...yet a model that does not open is reported
+        run_batch(config)
+    assert not finished.is_set()  # without waiting for it
+    release.set()
+
+    def broken(options):
+        raise RuntimeError("kernel cache unreadable")
+
+    monkeypatch.setattr(stages, "warm_up", broken)
+    with pytest.raises(RuntimeError, match="kernel cache unreadable"):
+        run_batch(BatchConfig([str(tmp_path / "in")], str(tmp_path / "out"), model="default"))
+
+
 def test_manifest_ignores_and_repairs_a_torn_last_line(tmp_path):
     path = tmp_path / MANIFEST
     path.write_bytes(b'{"key": "a", "status": "ok"}\n{"key": "b", "status": "ok"}\n{"key": "c", "sta')
