@@ -94,6 +94,8 @@ class BatchSummary:
 
 
 def _check(config: BatchConfig) -> None:
+    from attnvis.render import COLORMAPS, FORMATS
+
     if config.batch_size < 1:
         raise InputError(f"--batch-size {config.batch_size} must be at least 1")
     if config.workers is not None and config.workers < 1:
@@ -104,8 +106,6 @@ def _check(config: BatchConfig) -> None:
         raise InputError(f"--engine {config.engine!r} is not one of {', '.join(ENGINES)}")
     if not 0.0 <= config.options.alpha <= 1.0:
         raise InputError(f"--alpha {config.options.alpha} must be in [0, 1]")
-    from attnvis.render import COLORMAPS, FORMATS
-
     if config.options.colormap not in COLORMAPS:
         raise InputError(f"--colormap {config.options.colormap!r} is not one of {', '.join(COLORMAPS)}")
     if config.options.format not in FORMATS:
