@@ -1,4 +1,4 @@
-"""``attnvis batch --engine ray`` on a two-node Ray cluster on loopback: same bytes as local, survives a lost node.
+"""``attnvis batch --engine ray`` on a two-node Ray cluster on loopback: same images as local, survives a lost node.
 
 Each test starts its own cluster with ``ray start --block`` (a head and a
 worker node, each with its own resources) and stops it at the end, even on
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -195,11 +196,30 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
+def differing(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
+    """Files whose contents differ: PNGs by their decoded pixels, everything else byte for byte.
+
+    Rarely a PNG written by a Ray worker process differs in its compressed
+    bytes from the local engine's while its pixels are identical (ISA-L's
+    deflate; docs/scaling-out.md, "Note on PNG bytes"). The local engine and
+    its ``--resume`` give byte-identical files (tests/test_pipeline.py).
+    """
+    def same(name: str) -> bool:
+        if a[name] == b[name]:
+            return True
+        if not name.endswith(".png"):
+            return False
+        decoded = [cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) for data in (a[name], b[name])]
+        return all(d is not None for d in decoded) and np.array_equal(*decoded)
+
+    return [name for name in a if not same(name)]
+
+
 def statuses(root: Path) -> dict[str, tuple]:
     return {key: (r["status"], r["error"], tuple(r["files"])) for key, r in load(root / MANIFEST).items()}
 
 
-def test_ray_engine_on_two_nodes_writes_the_local_engines_bytes(cluster, tiny_batch_model, tmp_path):
+def test_ray_engine_on_two_nodes_writes_the_local_engines_images(cluster, tiny_batch_model, tmp_path):
     keys = make_inputs(tmp_path / "in", N_IMAGES)
     local, remote = tmp_path / "local", tmp_path / "ray"
     args = [str(tmp_path / "in"), "--model", tiny_batch_model, "--batch-size", "4"]
@@ -211,13 +231,14 @@ def test_ray_engine_on_two_nodes_writes_the_local_engines_bytes(cluster, tiny_ba
     assert statuses(remote) == statuses(local)
     local_files, remote_files = tree(local), tree(remote)
     assert sorted(remote_files) == sorted(local_files)
-    assert [name for name in local_files if remote_files[name] != local_files[name]] == []
+    assert differing(local_files, remote_files) == []
 
-    # --resume through Ray: only the image whose outputs went missing is redone, to the same bytes
+    # --resume through Ray: only the image whose outputs went missing is redone, to the same images
     (remote / keys[7] / SEED_OVERLAY).unlink()
     code, out = finish(cluster.batch(*args, "--output", str(remote), "--resume"))
     assert code == EXIT_SOME_FAILED and f"1 done, {N_IMAGES - 1} skipped" in out, out
-    assert tree(remote) == remote_files
+    resumed = tree(remote)
+    assert sorted(resumed) == sorted(remote_files) and differing(remote_files, resumed) == []
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(tiny_batch_model, tmp_path, monkeypatch, capsys):
