@@ -137,7 +137,7 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         files += [(f"{key}/{over_name}", encode_image(last_overlay, opts.format)),  # encoded before the next
                   (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # map overwrites the two arrays
         maps.append({"layer": i, "head": h, "overlay": files[-2][0], "heatmap": files[-1][0]})
-    out = Rendered(key, files, maps, image.shape[:2], prediction, head_grids=head_grids(attn, plan))
+    out = Rendered(key, files, maps, image.shape[:2], prediction, head_grids=gallery_grids(attn, plan))
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
@@ -148,7 +148,7 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     return out
 
 
-def head_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
+def gallery_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
     """Every head's grid of each rendered layer, 8-bit and base64, for the gallery's head previews.
 
     A few hundred bytes per layer (a 12×12 grid × heads) let the gallery show
@@ -156,13 +156,13 @@ def head_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
     """
     import base64
 
-    from attnvis.render.grid import head_grids as grids_of
+    from attnvis.render import head_grids
 
     if any(attn[i].ndim != 3 for i in plan.layers):
         return None  # reduced in-graph: no heads to show
     layers = {}
     for i in plan.layers:
-        flat = grids_of(attn[i], plan.metadata.tokens).reshape(attn[i].shape[0], -1)  # (heads, h * w)
+        flat = head_grids(attn[i], plan.metadata.tokens).reshape(attn[i].shape[0], -1)  # (heads, h * w)
         lo = flat.min(axis=1, keepdims=True)
         span = np.maximum(flat.max(axis=1, keepdims=True) - lo, np.float32(1e-12))
         levels = np.round(255 * (flat - lo) / span).astype(np.uint8)  # each head on its own 0..255 scale
