@@ -20,8 +20,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 __all__ = ["__version__", "visualize_attention_on_image", "register_attention_hooks"]
 
 _LAZY = {
-    "visualize_attention_on_image": "attnvis.api",
-    "register_attention_hooks": "attnvis.export.capture",
+    "visualize_attention_on_image": "attnvis.visualize",
+    "register_attention_hooks": "attnvis.capture.context",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -17,3 +17,7 @@ class ModelError(AttnvisError):
 
 class DeviceError(AttnvisError):
     """The requested device or execution provider cannot be used."""
+
+
+class MissingExtraError(AttnvisError):
+    """An optional dependency is not installed; the message names the extra that brings it."""

@@ -132,7 +132,7 @@ def compare(seed_out: Path, batch_out: Path) -> dict:
 
 def lossless(paths: list[Path], root: Path, batch_out: Path, model: str) -> bool:
     """Whether the batch's PNGs decode to exactly the arrays attnvis renders for these images."""
-    from attnvis.api import VisualizeOptions, layer_files
+    from attnvis.visualize import VisualizeOptions, layer_files
     from attnvis.runtime import load_image, open_model
 
     session = open_model(model, device="cpu", threads=1)

@@ -145,7 +145,7 @@ def _live_in_session(pid: int, sid: int) -> bool:
 
 def stage_rates(paths: list[Path], model: str, batch_size: int, work: Path) -> dict:
     """Images/s of one decode task, one CPU inference actor and one render task (this thread, no Ray)."""
-    from attnvis.api import VisualizeOptions
+    from attnvis.visualize import VisualizeOptions
     from attnvis.batch.inputs import Item
     from attnvis.batch.stages import decode_item, infer, make_plan, render_item
     from attnvis.runtime import open_model

@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from attnvis.export.metadata import TokenLayout
+from attnvis.metadata import TokenLayout
 from attnvis.render import attention_grid, render_map
 from attnvis.render import writers
 

@@ -16,9 +16,9 @@ def tiny_batch_model(tmp_path_factory) -> str:
     """A 2-layer, 2-head TinyViT (random weights) on 32×32 inputs, exported once per test module."""
     import torch
 
-    from attnvis.export.metadata import Preprocess, TokenLayout
+    from attnvis.metadata import Preprocess, TokenLayout
     from attnvis.export.onnx import export_onnx
-    from attnvis.export.sources import ModelSource
+    from attnvis.sources import ModelSource
     from attnvis.models.tiny import TinyViT, TinyViTConfig
 
     torch.manual_seed(0)

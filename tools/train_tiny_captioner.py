@@ -22,22 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnvis.models import aoanet as A
+from attnvis.captioning import captioner, model as aoa, tiny
 
 
 LABEL_WORDS = 11  # the longest caption: three "a <colour> <shape>" joined by "and"
 
 
-def tiny_config() -> A.AoAConfig:
+def tiny_config() -> aoa.AoAConfig:
     """Small AoANet: refiner with AoA, no feed-forward (keeps the file < 1 MB)."""
-    return A.AoAConfig(vocab_size=len(A.TINY_WORDS), input_encoding_size=64, rnn_size=64, att_hid_size=64,
+    return aoa.AoAConfig(vocab_size=len(tiny.TINY_WORDS), input_encoding_size=64, rnn_size=64, att_hid_size=64,
                        fc_feat_size=64, att_feat_size=64, drop_prob_lm=0.1, num_heads=4, multi_head_scale=1,
                        use_multi_head=2, refine=1, refine_aoa=1, use_ff=0, dropout_aoa=0.1, max_length=16)
 
 
 def vocab() -> dict[str, str]:
     """id string → word, ids from 1 (0 is BOS/EOS/pad); UNK last, as prepro_labels."""
-    return {str(i): w for i, w in enumerate(A.TINY_WORDS, 1)}
+    return {str(i): w for i, w in enumerate(tiny.TINY_WORDS, 1)}
 
 
 def encode(caption: str, word_to_ix: dict[str, int], length: int) -> np.ndarray:
@@ -50,14 +50,14 @@ def encode(caption: str, word_to_ix: dict[str, int], length: int) -> np.ndarray:
 
 def dataset(seeds: range, length: int) -> tuple[np.ndarray, np.ndarray]:
     w2i = {w: int(i) for i, w in vocab().items()}
-    scenes = [A.make_caption_scene(s) for s in seeds]
+    scenes = [tiny.make_caption_scene(s) for s in seeds]
     return np.stack([s.image for s in scenes]), np.stack([encode(s.caption, w2i, length) for s in scenes])
 
 
 def train(steps: int, batch: int, seed: int, log_every: int = 100):
     torch.manual_seed(seed)
     cfg = tiny_config()
-    model, backbone = A.AoAModel(cfg, vocab()), A.TinyBackbone(cfg.att_feat_size)
+    model, backbone = aoa.AoAModel(cfg, vocab()), tiny.TinyBackbone(cfg.att_feat_size)
     images, labels = dataset(range(3000), LABEL_WORDS)
     params = list(model.parameters()) + list(backbone.parameters())
     optim = torch.optim.Adam(params, lr=2e-3)
@@ -67,7 +67,7 @@ def train(steps: int, batch: int, seed: int, log_every: int = 100):
     start = time.perf_counter()
     for step in range(steps):
         idx = gen.choice(len(images), batch, replace=False)
-        grid = backbone(A.tiny_pixels(images[idx]))
+        grid = backbone(tiny.tiny_pixels(images[idx]))
         att = grid.reshape(batch, -1, grid.size(-1))
         seq = torch.from_numpy(labels[idx])
         logprobs = model(att.mean(1), att, seq)  # (B, T-1, V+1)
@@ -92,8 +92,8 @@ def _word_mask(seq: torch.Tensor) -> torch.Tensor:
 
 def evaluate(captioner, backbone, seeds: range) -> tuple[float, float]:
     """Held-out exact-caption accuracy and the share of shape words whose attention peaks in their box."""
-    scenes = [A.make_caption_scene(s) for s in seeds]
-    fc, att = A.tiny_features(backbone, np.stack([s.image for s in scenes]))
+    scenes = [tiny.make_caption_scene(s) for s in seeds]
+    fc, att = tiny.tiny_features(backbone, np.stack([s.image for s in scenes]))
     result = captioner.caption(fc, att)
     exact = hits = total = 0
     for b, scene in enumerate(scenes):
@@ -109,18 +109,18 @@ def evaluate(captioner, backbone, seeds: range) -> tuple[float, float]:
 
 def peak_in_box(attn: np.ndarray, box) -> bool:
     """Whether the centre of the highest cell (mean over heads) lies inside ``box``."""
-    side = A.TINY_IMAGE // A.TINY_CELL
+    side = tiny.TINY_IMAGE // tiny.TINY_CELL
     cell = int(np.argmax(attn.mean(0)))
-    cx, cy = (cell % side + 0.5) * A.TINY_CELL, (cell // side + 0.5) * A.TINY_CELL
+    cx, cy = (cell % side + 0.5) * tiny.TINY_CELL, (cell // side + 0.5) * tiny.TINY_CELL
     return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
 
 
 def save(model, backbone, output: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), output / A.TINY_MODEL)
-    torch.save(backbone.state_dict(), output / A.TINY_BACKBONE)
-    opt = model.cfg.to_opt(id="tiny", seq_per_img=1, grid=[A.TINY_IMAGE // A.TINY_CELL] * 2, image_size=A.TINY_IMAGE)
-    with (output / A.TINY_INFOS).open("wb") as f:
+    torch.save(model.state_dict(), output / tiny.TINY_MODEL)
+    torch.save(backbone.state_dict(), output / tiny.TINY_BACKBONE)
+    opt = model.cfg.to_opt(id="tiny", seq_per_img=1, grid=[tiny.TINY_IMAGE // tiny.TINY_CELL] * 2, image_size=tiny.TINY_IMAGE)
+    with (output / tiny.TINY_INFOS).open("wb") as f:
         pickle.dump({"opt": opt, "vocab": model.vocab}, f, protocol=2)
 
 
@@ -129,13 +129,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=A.ASSETS)
+    parser.add_argument("--output", type=Path, default=tiny.ASSETS)
     args = parser.parse_args()
     torch.set_num_threads(1)  # ops this small run slower with threads (spin waits)
     model, backbone = train(args.steps, args.batch, args.seed)
     save(model, backbone, args.output)
-    captioner = A.load_aoanet(args.output / A.TINY_INFOS, args.output / A.TINY_MODEL)
-    acc, peak = evaluate(captioner, backbone, range(A.TINY_HELD_OUT_SEED, A.TINY_HELD_OUT_SEED + 200))
+    captioner = captioner.load_aoanet(args.output / tiny.TINY_INFOS, args.output / tiny.TINY_MODEL)
+    acc, peak = evaluate(captioner, backbone, range(tiny.TINY_HELD_OUT_SEED, tiny.TINY_HELD_OUT_SEED + 200))
     print(f"held-out: exact captions {acc:.1%}, shape-word attention peak in box {peak:.1%}")
 
 

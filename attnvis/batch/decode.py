@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnvis.errors import InputError
-from attnvis.export.metadata import Preprocess
+from attnvis.metadata import Preprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~8K × 5K: its overlays and heatmaps alone take ~1 GB in flight
 

@@ -11,7 +11,7 @@ and the manifest lines are the same; only where they run changes::
 
 The driver keeps what the local engine keeps: input discovery, ``--resume``,
 the manifest, the progress bar, the summary and the gallery
-(:func:`attnvis.pipeline.run_batch`). Workers write the image files
+(:func:`attnvis.batch.run.run_batch`). Workers write the image files
 themselves, so ``--output`` must be a path every node sees (a local folder
 on one machine, a shared file system on a cluster). The model travels in
 Ray's object store: nodes need attnvis installed, not the model file.
@@ -109,7 +109,7 @@ class InferActor:
         model: ``ray.put`` reference to the ``.onnx`` file's bytes (or the bytes).
         device: ``--device``; ``auto`` means CUDA when Ray gave this actor a GPU.
         threads: ORT intra-op threads (``None``: 1 on the CPU, ORT's default on CUDA,
-            as :func:`attnvis.pipeline.open_session` chooses).
+            as :func:`attnvis.batch.run.open_session` chooses).
         batch_size: images per ORT call (batches are zero-padded to it, as locally).
     """
 
@@ -168,7 +168,7 @@ def render_batch(batch, plan: RenderPlan, root: str):
 
 
 def check_config(config) -> None:
-    """The Ray engine's own argument checks, before any work (:func:`attnvis.pipeline.run_batch` calls it first).
+    """The Ray engine's own argument checks, before any work (:func:`attnvis.batch.run.run_batch` calls it first).
 
     Raises:
         InputError: Ray is not installed, a negative ``--num-gpus-per-worker``,
@@ -199,7 +199,7 @@ class RayEngine:
     """Runs items through the stages on a Ray cluster (see the module docstring).
 
     Args:
-        config: the run's :class:`attnvis.pipeline.BatchConfig` (``address``,
+        config: the run's :class:`attnvis.batch.run.BatchConfig` (``address``,
             ``num_gpus_per_worker``, ``batch_size``, ``workers``, ``max_pixels``,
             ``device``, ``threads``, ``model``).
         plan: the run's render plan.

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.api import VisualizeOptions, check_selection, layer_files
+from attnvis.visualize import VisualizeOptions, check_selection, layer_files
 from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe
 from attnvis.batch.inputs import Item
 from attnvis.errors import InputError
-from attnvis.export.metadata import ModelMetadata, Preprocess
+from attnvis.metadata import ModelMetadata, Preprocess
 
 THUMB_WIDTH = 192  # gallery thumbnails: the last layer's overlay, JPEG
 THUMB_NAME = "thumbnail.jpg"  # beside the seed files, so an image folder is self-contained
@@ -111,7 +111,7 @@ def _predictions(maps, n: int) -> list[str | None]:
 
 
 def _heads(attn: np.ndarray, options: VisualizeOptions) -> list[int | None]:
-    """The heads :func:`attnvis.api.layer_images` renders for one layer (``None``: the mean)."""
+    """The heads :func:`attnvis.visualize.layer_images` renders for one layer (``None``: the mean)."""
     if options.head is None and not options.avg_heads and attn.ndim == 3:
         return list(range(attn.shape[0]))
     return [options.head]
@@ -193,7 +193,7 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
 def warm_up(options: VisualizeOptions) -> None:
     """Load what the first image would otherwise load mid-run: numba's cached kernels, OpenCV, PIL's decoders.
 
-    That is about 0.9 s here, once; :func:`attnvis.pipeline.run_batch` does it
+    That is about 0.9 s here, once; :func:`attnvis.batch.run.run_batch` does it
     while the model opens, instead of with every thread waiting on the first
     image's render.
     """
@@ -208,7 +208,7 @@ def warm_up(options: VisualizeOptions) -> None:
         encode_image(rgb, options.format)
     jpeg = encode_image(overlay, "jpg")  # OpenCV's JPEG encoder (thumbnails), then PIL's header check and decoding
     probe(jpeg, "warm-up", DEFAULT_MAX_PIXELS)
-    preprocess([decode_image(jpeg)], Preprocess(size=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3))  # the resampler
+    preprocess([decode_image(jpeg)], Preprocess(size=(8, 8), mean=(0.0,) * 3, std=(1.0,) * 3))  # PIL's resampling
 
 
 def is_tmp_name(name: str) -> bool:

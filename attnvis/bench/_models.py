@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnvis.bench import PRESETS
+from attnvis.bench.config import PRESETS
 from attnvis.errors import InputError, ModelError
-from attnvis.export.metadata import Preprocess, TokenLayout
-from attnvis.export.sources import ModelSource
+from attnvis.metadata import Preprocess, TokenLayout
+from attnvis.sources import ModelSource
 
 
 _IMAGENET = Preprocess(size=(224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnvis.bench import VARIANTS
-from attnvis.errors import DeviceError, InputError
+from attnvis.bench.config import VARIANTS
+from attnvis.runtime.device import ort_providers, torch_device
+from attnvis.errors import InputError
 
 TORCH_VARIANTS = ("torch-eager", "torchscript")
 
@@ -37,25 +38,9 @@ def check_variants(names: list[str], device: str) -> None:
         raise InputError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if device != "cuda":
         return
-    if not torch.cuda.is_available():
-        raise DeviceError("--device cuda: PyTorch sees no usable CUDA device; use --device cpu")
-    ort_names = [n for n in names if n not in TORCH_VARIANTS]
-    if ort_names and not ort_has_cuda():
-        raise DeviceError(f"--device cuda: this onnxruntime ({ort_version()}) has no usable CUDA provider, needed by "
-                          f"{', '.join(ort_names)}; install onnxruntime-gpu, or pass --variants torch-eager,torchscript")
-
-
-def ort_version() -> str:
-    import onnxruntime as ort
-
-    return f"onnxruntime {ort.__version__}"
-
-
-def ort_has_cuda() -> bool:
-    """True when ORT lists the CUDA provider *and* PyTorch sees a GPU (the listing alone proves nothing)."""
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+    torch_device("cuda")  # DeviceError when PyTorch sees no GPU
+    if any(n not in TORCH_VARIANTS for n in names):
+        ort_providers("cuda")  # DeviceError when ORT's CUDA provider cannot load; sessions check get_providers()
 
 
 def _map_bytes(arrays) -> int:

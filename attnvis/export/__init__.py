@@ -1,25 +1,27 @@
-"""Export: make every attention layer's weights an output of an ONNX graph (or TorchScript module).
+"""Export: every attention layer's weights as outputs of an ONNX graph (or TorchScript module).
 
-Names are imported on first use, so that reading metadata (``attnvis.export.metadata``)
-does not load torch: an ``.onnx`` run never needs it.
+Names are imported on first use, so that ``import attnvis.export`` loads no
+torch. The capture registry (:mod:`attnvis.capture`), the model sources
+(:mod:`attnvis.sources`) and the metadata contract (:mod:`attnvis.metadata`)
+sit below this package; their main names are offered here too.
 """
 
 from attnvis._lazy import lazy_attributes
 
 _LAZY = {
-    "capture_attention": "attnvis.export.capture",
-    "register_attention_hooks": "attnvis.export.capture",
-    "LayerInfo": "attnvis.export.metadata",
-    "ModelMetadata": "attnvis.export.metadata",
-    "Preprocess": "attnvis.export.metadata",
-    "TokenLayout": "attnvis.export.metadata",
+    "capture_attention": "attnvis.capture.context",
+    "register_attention_hooks": "attnvis.capture.context",
+    "list_adapters": "attnvis.capture.registry",
+    "register_adapter": "attnvis.capture.registry",
+    "LayerInfo": "attnvis.metadata",
+    "ModelMetadata": "attnvis.metadata",
+    "Preprocess": "attnvis.metadata",
+    "TokenLayout": "attnvis.metadata",
     "ExportReport": "attnvis.export.onnx",
     "export_onnx": "attnvis.export.onnx",
     "export_torchscript": "attnvis.export.onnx",
-    "list_adapters": "attnvis.export.registry",
-    "register_adapter": "attnvis.export.registry",
-    "ModelSource": "attnvis.export.sources",
-    "load_source": "attnvis.export.sources",
+    "ModelSource": "attnvis.sources",
+    "load_source": "attnvis.sources",
 }
 
 __all__ = sorted(_LAZY)

@@ -20,9 +20,9 @@ import onnx
 import torch
 
 from attnvis.errors import ModelError
-from attnvis.export.capture import capture_attention
-from attnvis.export.metadata import ModelMetadata
-from attnvis.export.sources import ModelSource
+from attnvis.capture.context import capture_attention
+from attnvis.metadata import ModelMetadata
+from attnvis.sources import ModelSource
 from attnvis.export.wrapper import AttentionOutputs, probe
 from attnvis.render.writers import write_bytes_atomic
 
@@ -101,7 +101,7 @@ def export_onnx(source: ModelSource, output: str | Path, reduce: str = "none", v
     """Export ``source`` to ``output`` with every attention layer as an output.
 
     Args:
-        source: the model and its layout (see :func:`attnvis.export.sources.load_source`).
+        source: the model and its layout (see :func:`attnvis.sources.load_source`).
         output: the ``.onnx`` path to write.
         reduce: in-graph reduction, ``none`` | ``mean-heads`` | ``cls``.
         validate: compare ONNX Runtime against eager PyTorch on the example batch.

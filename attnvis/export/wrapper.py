@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnvis.export.capture import capture_attention, no_maps_error
-from attnvis.export.metadata import REDUCTIONS, LayerInfo, TokenLayout
-from attnvis.export.registry import Recorder
+from attnvis.capture.context import capture_attention, no_maps_error
+from attnvis.metadata import REDUCTIONS, LayerInfo, TokenLayout
+from attnvis.capture.registry import Recorder
 
 
 def reduce_map(weights: torch.Tensor, reduction: str, tokens: TokenLayout) -> torch.Tensor:

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnvis.export.metadata import Preprocess, TokenLayout
+from attnvis.metadata import Preprocess, TokenLayout
+from attnvis.models import SAMPLE_NAME, sample_image_path  # noqa: F401 - sample_image_path: its first home
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 SCENE_SIZE: tuple[int, int] = (240, 320)  # (height, width): non-square on purpose
@@ -44,7 +45,6 @@ DEFAULT_TOKENS = TokenLayout(prefix_tokens=1, grid=(12, 12), kind="grid", cls_in
 
 _ASSETS = "assets"
 WEIGHTS_NAME = "tiny_vit.pt"
-SAMPLE_NAME = "sample_scene.png"
 
 
 # --------------------------------------------------------------------------- scenes
@@ -343,11 +343,6 @@ def load_default_model() -> TinyViT:
     model = TinyViT()
     model.load_state_dict(state)
     return model.eval()
-
-
-def sample_image_path() -> pathlib.Path:
-    """Path of the bundled sample image (the held-out scene ``SAMPLE_SEED``, PNG)."""
-    return pathlib.Path(str(resources.files("attnvis.models") / _ASSETS / SAMPLE_NAME))
 
 
 # --------------------------------------------------------------------------- explicit attention

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.export.metadata import TokenLayout
+from attnvis.metadata import TokenLayout
 from attnvis.render.colormaps import DEFAULT_COLORMAP
 from attnvis.render.grid import attention_grid
 from attnvis.render.heatmap import Scale, global_scale, render_map

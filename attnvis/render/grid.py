@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnvis.export.metadata import TokenLayout
+from attnvis.metadata import TokenLayout
 
 
 def _layout_grid(tokens: TokenLayout) -> tuple[int, int]:

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import PIL
 from PIL import Image
 
 from attnvis.errors import InputError
-from attnvis.export.metadata import Preprocess
+from attnvis.metadata import Preprocess
 
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
-_FAST_FILTERS = ("bilinear", "bicubic", "lanczos")  # what attnvis.runtime._resample reproduces
-_VERIFIED_PILLOW = 13  # the Pillow major version _resample is tested against (its pass order changed in 13)
-_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -67,15 +63,7 @@ def _resize(image: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 
 def _pil_resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
-    """``Image.resize(size, filter)`` of an RGB array, bit for bit.
-
-    Through :func:`attnvis.runtime._resample.resize_rgb` (5-7x faster, no
-    PIL image) where it is verified equal to the installed Pillow, else PIL.
-    """
-    if interpolation in _FAST_FILTERS and _PILLOW_MAJOR == _VERIFIED_PILLOW:
-        from attnvis.runtime._resample import resize_rgb
-
-        return resize_rgb(image, size, interpolation)
+    """``Image.resize(size, filter)`` of an RGB array (PIL's resampling is the reference timm/HF/torchvision use)."""
     return np.asarray(Image.fromarray(image).resize(size, _PIL_FILTERS.get(interpolation, Image.BILINEAR)))
 
 

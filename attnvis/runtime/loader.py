@@ -55,12 +55,17 @@ def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -
 def exported_path(spec: str | None, *, weights: str | None = None, reduce: str = "none", image_size=None) -> Path:
     """The cached ONNX export of ``spec``, made (and validated) on first use.
 
-    PyTorch is imported only to export: a cached model opens with ONNX Runtime alone.
+    PyTorch is imported only to export: a cached model (and the embedded default
+    model, shipped as ONNX) opens with ONNX Runtime alone.
     """
+    if spec in (None, "", "default") and reduce == "none" and image_size is None:
+        from attnvis.models import default_onnx_path
+
+        return default_onnx_path()  # shipped with the package: no PyTorch needed
     path = cache_dir() / "onnx" / f"{_cache_key(spec, weights, reduce, image_size)}.onnx"
     if not path.exists():
         from attnvis.export.onnx import export_onnx
-        from attnvis.export.sources import load_source
+        from attnvis.sources import load_source
 
         source = load_source(spec, weights=weights, image_size=image_size)
         export_onnx(source, path, reduce=reduce, validate=True)
@@ -90,7 +95,7 @@ def open_model(
     if is_onnx:
         return OrtSession(spec, device=device, threads=threads)
     if backend == "torch":
-        from attnvis.export.sources import load_source
+        from attnvis.sources import load_source
         from attnvis.runtime.torch_backend import TorchSession
 
         return TorchSession(load_source(spec, weights=weights, image_size=image_size), device=device, reduce=reduce, threads=threads)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnvis.export.metadata import ModelMetadata
+from attnvis.metadata import ModelMetadata
 
 
 @dataclass

@@ -6,47 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.errors import DeviceError, InputError, ModelError
-from attnvis.export.metadata import ModelMetadata
+from attnvis.errors import InputError, ModelError
+from attnvis.metadata import ModelMetadata
 from attnvis.runtime.maps import AttentionMaps
+from attnvis.runtime.device import CUDA, DEVICES, ort_session  # noqa: F401 - DEVICES: the CLI's choices
 from attnvis.runtime.images import preprocess
-
-DEVICES = ("auto", "cuda", "cpu")
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-_NO_CUDA = "ONNX Runtime's CUDA execution provider is not usable here (no GPU, NVIDIA driver or CUDA libraries); use --device cpu or auto"
-
-
-def _driver_present() -> bool:
-    """Whether the CUDA driver library loads; without it ORT's CUDA provider cannot."""
-    import ctypes
-    import sys
-
-    if sys.platform != "linux":
-        return True  # let ORT decide
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
-def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    if device not in DEVICES:
-        raise InputError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "cpu":
-        return [CPU]
-    # get_available_providers() lists CUDA whenever the GPU wheel is installed, GPU or not:
-    # only session.get_providers() says what is really used.
-    usable = CUDA in ort.get_available_providers() and _driver_present()
-    if device == "cuda" and not usable:
-        raise DeviceError(f"--device cuda: {_NO_CUDA}")
-    if not usable:
-        return [CPU]
-    ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported by us, once
-    return [CUDA, CPU]
 
 
 def _options(threads: int | None):
@@ -73,19 +37,8 @@ class OrtSession:
     backend = "ort"
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"model file not found: {path}")
-        providers = _providers(device)
-        try:
-            self.session = ort.InferenceSession(str(path), _options(threads), providers=providers)
-        except Exception as err:  # ORT raises its own exception types for corrupt files
-            raise ModelError(f"cannot load {path} with ONNX Runtime: {str(err).splitlines()[0]}") from None
+        self.session = ort_session(path, device, _options(threads))
         self.providers = self.session.get_providers()
-        if device == "cuda" and CUDA not in self.providers:
-            raise DeviceError(f"--device cuda: {_NO_CUDA}")
         try:
             self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
         except ValueError as err:

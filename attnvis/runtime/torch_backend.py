@@ -9,21 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnvis.errors import DeviceError, InputError, ModelError
-from attnvis.export.capture import capture_attention
+from attnvis.errors import ModelError
+from attnvis.capture.context import capture_attention
 from attnvis.export.onnx import build_metadata
-from attnvis.export.sources import ModelSource
+from attnvis.sources import ModelSource
 from attnvis.export.wrapper import AttentionOutputs
+from attnvis.runtime.device import torch_device
 from attnvis.runtime.maps import AttentionMaps
 from attnvis.runtime.images import preprocess
-
-
-def _torch_device(device: str) -> torch.device:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("--device cuda: PyTorch sees no usable CUDA device; use --device cpu or auto")
-    if device not in ("auto", "cuda", "cpu"):
-        raise InputError(f"--device {device!r} is not one of auto, cuda, cpu")
-    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 class TorchSession:
@@ -32,7 +25,7 @@ class TorchSession:
     backend = "torch"
 
     def __init__(self, source: ModelSource, device: str = "auto", reduce: str = "none", threads: int | None = None):
-        self.torch_device = _torch_device(device)
+        self.torch_device = torch_device(device)
         self.device = self.torch_device.type
         self.provider = f"torch-{self.device}"
         if threads:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attnvis.export.metadata import TokenLayout
+from attnvis.metadata import TokenLayout
 from attnvis.render import Scale, attention_grid, contact_sheet, global_scale, layers_gif, render_map
 
 TOKENS = TokenLayout(prefix_tokens=1, grid=(2, 2), cls_index=0)

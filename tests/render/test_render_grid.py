@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from render_reference import grid_from_full
 
-from attnvis.export.metadata import TokenLayout
+from attnvis.metadata import TokenLayout
 from attnvis.render import attention_grid, attention_grids, head_grids
 
 VIT = TokenLayout(prefix_tokens=1, grid=(14, 14), cls_index=0, prefix_names=("cls",))

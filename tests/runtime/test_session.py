@@ -9,9 +9,9 @@ import torch
 
 from attnvis.errors import DeviceError, InputError, ModelError
 from attnvis.export import export_onnx
-from attnvis.export.metadata import ModelMetadata, Preprocess, TokenLayout
-from attnvis.export.registry import get_adapter
-from attnvis.export.sources import ModelSource
+from attnvis.metadata import ModelMetadata, Preprocess, TokenLayout
+from attnvis.capture.registry import get_adapter
+from attnvis.sources import ModelSource
 from attnvis.runtime import OrtSession, preprocess
 
 

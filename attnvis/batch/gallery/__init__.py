@@ -1,0 +1,90 @@
+"""``index.html``: a gallery of a batch's outputs that works from the file system.
+
+The page itself is ``index.html``, ``gallery.js`` and ``gallery.css``, package
+data beside this module. Browsers refuse ``fetch`` on ``file://`` pages, so the data travels as
+scripts: ``gallery/run.js`` (run facts) and ``gallery/page_NNNN.js`` (up to
+:data:`PAGE_SIZE` images each, loaded when their page is shown), each calling
+``attnvisGallery.*``. The page shows thumbnails; clicking one opens its maps
+with buttons for layers, heads, overlay/heatmap and, for captioning models,
+the caption's words. The URL hash keeps the view (``#page=0&img=3&layer=1``),
+so a view can be linked or opened by a test.
+
+When every ``<img>`` on screen has finished loading, ``<body>`` gets
+``data-state="ready"``, ``data-loaded`` and ``data-broken`` (images that
+failed to load): what the headless-browser test checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from attnvis.metadata import ModelMetadata
+
+PAGE_SIZE = 200
+GALLERY_DIR = "gallery"
+_STATIC = ("gallery.js", "gallery.css")  # package data beside this module, copied next to the page
+
+
+def gallery_entry(record: dict, root: Path) -> dict:
+    """The compact form of a manifest record the page needs (paths relative to ``root``)."""
+    entry = {"key": record["key"], "status": record["status"]}
+    if record["status"] != "ok":
+        entry["error"] = record.get("error") or "failed"
+        return entry
+    entry.update(thumb=record.get("thumb"), size=record.get("size"), prediction=record.get("prediction"),
+                 maps=[[m["layer"], m.get("head"), m["overlay"], m["heatmap"], m.get("word")] for m in record.get("maps", [])])
+    if record.get("words"):
+        entry["words"] = record["words"]
+    if record.get("head_grids") and record.get("source"):  # head previews drawn over the source image
+        entry["grids"] = record["head_grids"]
+        entry["src"] = Path(os.path.relpath(record["source"], root)).as_posix()
+    return entry
+
+
+def _script(call: str, payload) -> bytes:
+    # "</" cannot end a <script> block early when the data is loaded as a script file,
+    # but escaping it keeps the data safe to inline too.
+    data = json.dumps(payload, ensure_ascii=False).replace("</", "<\\/")
+    return f"attnvisGallery.{call}({data});\n".encode()
+
+
+def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, title: str = "attnvis batch",
+                  colormap: str = "jet", alpha: float = 0.5) -> Path:
+    """Write ``index.html`` and its data scripts into ``root``.
+
+    Args:
+        root: the batch output folder (record paths are relative to it).
+        records: manifest records, in display order (ok and failed).
+        meta: the model's metadata (layer names for the buttons).
+        title: the page title.
+        colormap: the run's colormap (head previews are drawn with it).
+        alpha: the run's overlay weight.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    from attnvis.render import colormap_table
+    from attnvis.render.writers import write_bytes_atomic
+
+    root = Path(root)
+    (root / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
+    pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)] or [[]]
+    run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": len(pages), "pageSize": PAGE_SIZE,
+           "total": len(records), "ok": sum(r["status"] == "ok" for r in records),
+           "failed": sum(r["status"] != "ok" for r in records), "classes": meta.extra.get("classes"),
+           "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha}
+    for number, page in enumerate(pages):
+        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, [gallery_entry(r, root) for r in page]]))
+    write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))
+    static = resources.files(__name__)
+    for name in _STATIC:
+        write_bytes_atomic(root / GALLERY_DIR / name, static.joinpath(name).read_bytes())
+    page = static.joinpath("index.html").read_text(encoding="utf-8").replace("{{TITLE}}", _escape(title))
+    return write_bytes_atomic(root / "index.html", page.encode("utf-8"))
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

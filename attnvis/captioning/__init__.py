@@ -1,0 +1,25 @@
+"""Captioners and where each generated word looked.
+
+Layers, each importing only those before it: :mod:`~attnvis.captioning.model`
+(the AoANet network, ``nn`` only) ← :mod:`~attnvis.captioning.checkpoint`
+(``infos.pkl`` + ``model.pth``) ← :mod:`~attnvis.captioning.export` (encoder
+and decoder-step ONNX graphs) ← :mod:`~attnvis.captioning.decoding` (greedy
+and beam search) ← :mod:`~attnvis.captioning.captioner` ←
+:mod:`~attnvis.captioning.figures` (per-word images, caption strip).
+"""
+
+from attnvis._lazy import lazy_attributes
+
+_LAZY = {
+    "Captioner": "attnvis.captioning.captioner",
+    "CaptionResult": "attnvis.captioning.captioner",
+    "load_aoanet": "attnvis.captioning.captioner",
+    "load_default_captioner": "attnvis.captioning.captioner",
+    "export_aoanet": "attnvis.captioning.export",
+    "CaptionVisOptions": "attnvis.captioning.figures",
+    "demo_caption": "attnvis.captioning.figures",
+    "visualize_caption": "attnvis.captioning.figures",
+}
+
+__all__ = sorted(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -1,0 +1,80 @@
+"""Argument groups that several commands share, and small argument parsers.
+
+Each flag maps to the library parameter of the same name, and its default
+lives in the library's dataclass or signature, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from attnvis.errors import InputError
+from attnvis.runtime.device import DEVICES
+from attnvis.runtime.loader import BACKENDS
+from attnvis.visualize import VisualizeOptions
+
+_VIS = VisualizeOptions()
+
+
+def add_model_args(p: argparse.ArgumentParser, *, onnx_ok: bool = True) -> None:
+    """``--model --weights --infos_path --device --backend --threads``."""
+    what = "an .onnx made by attnvis, " if onnx_ok else ""
+    p.add_argument("--model", default=None, help=f"{what}'default' (embedded tiny ViT; also when omitted), a Hugging Face "
+                   "model directory, timm:NAME, torchvision:NAME, package.module:factory, or an AoANet model.pth with --infos_path")
+    p.add_argument("--weights", default=None, help="local weights file for timm:NAME / torchvision:NAME (nothing is downloaded)")
+    p.add_argument("--infos_path", default=None, help="AoANet infos.pkl (a pickle: only give files you trust)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA if usable, else CPU; cuda: fail if not usable")
+    p.add_argument("--backend", default="ort", choices=BACKENDS, help="ONNX Runtime (default) or eager PyTorch")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+
+
+def add_render_args(p: argparse.ArgumentParser) -> None:
+    """``--layer --head --no-avg-heads --save-raw --colormap --alpha --format``."""
+    from attnvis.render import COLORMAPS, FORMATS
+
+    p.add_argument("--layer", type=int, default=_VIS.layer, help="only this layer (default: all)")
+    p.add_argument("--head", type=int, default=_VIS.head, help="only this head (default: mean over heads)")
+    p.add_argument("--no-avg-heads", dest="avg_heads", action="store_false", help="one map per head instead of their mean")
+    p.add_argument("--save-raw", action="store_true", help="also write attn_raw_layer_{i}.npy, (1, heads, Q, K)")
+    p.add_argument("--colormap", default=_VIS.colormap, choices=COLORMAPS, help="colormap of the heatmaps")
+    p.add_argument("--alpha", type=float, default=_VIS.alpha, help="heatmap weight in the overlay, in [0, 1]")
+    p.add_argument("--format", default=_VIS.format, choices=FORMATS, help="image format (png is lossless)")
+
+
+def add_caption_args(p: argparse.ArgumentParser) -> None:
+    """AoANet's feature files and the beam size."""
+    p.add_argument("--att-feats", default=None, help="AoANet region features (.npz with 'feat', N x 2048)")
+    p.add_argument("--boxes", default=None, help="AoANet region boxes (.npy, N x 4, xyxy pixels)")
+    p.add_argument("--backbone-weights", default=None, help="local torchvision resnet101 weights for grid features")
+    p.add_argument("--beam-size", type=int, default=1, help="1: greedy search")
+
+
+def render_options(args: argparse.Namespace) -> VisualizeOptions:
+    """The :class:`VisualizeOptions` that the render flags describe."""
+    return VisualizeOptions(layer=args.layer, head=args.head, avg_heads=args.avg_heads, save_raw=args.save_raw,
+                            colormap=args.colormap, alpha=args.alpha, format=args.format)
+
+
+def pair(text: str, flag: str) -> tuple[int, int]:
+    """``"224x320"`` → ``(224, 320)``; an error naming ``flag`` otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise InputError(f"{flag} {text!r} is not HxW, e.g. 224x320") from None
+    return h, w
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"1,8,32"`` → ``(1, 8, 32)`` (an argparse ``type``)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,8,32") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be positive integers")
+    return values
+
+
+def caption_backend(name: str) -> str:
+    """The CLI's backend names (``ort``/``torch``) → the captioner's (``onnx``/``torch``)."""
+    return "onnx" if name in ("ort", "onnx") else name

@@ -1,0 +1,45 @@
+"""``attnvis visualize``: one image, every layer (or a captioner's words)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from attnvis.cli._args import add_caption_args, add_model_args, add_render_args, caption_backend, render_options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("visualize", help="render every layer's attention over one image")
+    p.add_argument("--image", required=True, help="the image to explain")
+    p.add_argument("--output", default="attn_vis", help="output folder")
+    add_model_args(p)
+    add_render_args(p)
+    add_caption_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.infos_path:
+        return run_caption(args)
+    from attnvis.visualize import visualize_attention_on_image
+
+    opts = render_options(args)
+    result = visualize_attention_on_image(
+        args.model, args.image, args.output, layer=opts.layer, head=opts.head, avg_heads=opts.avg_heads,
+        save_raw=opts.save_raw, device=args.device, colormap=opts.colormap, alpha=opts.alpha, format=opts.format,
+        backend=args.backend, weights=args.weights, threads=args.threads)
+    said = f" (predicted: {result.prediction})" if result.prediction else ""
+    print(f"wrote {len(result.files)} files for {len(result.layers)} layers to {args.output} [{result.provider}]{said}")
+    return 0
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from attnvis.captioning.figures import CaptionVisOptions, visualize_caption
+
+    opts = CaptionVisOptions(
+        output=Path(args.output), att_feats=args.att_feats, boxes=args.boxes, backbone_weights=args.backbone_weights,
+        beam_size=args.beam_size, head=args.head, layer=args.layer, save_raw=args.save_raw, colormap=args.colormap,
+        alpha=args.alpha, device=args.device, backend=caption_backend(args.backend))
+    report = visualize_caption(args.image, args.model, args.infos_path, opts)
+    print(f"caption: {report.sentence!r}; wrote {len(report.files)} files to {opts.output}")
+    return 0

@@ -1,3 +1,0 @@
-"""Built-in attention adapters; importing this package registers them, in this order."""
-
-from attnvis.export.adapters import torch_mha, dotattn, hf, timm, sdpa  # noqa: F401

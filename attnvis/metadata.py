@@ -1,0 +1,142 @@
+"""Metadata an exported model carries: layers, token layout, preprocessing.
+
+Everything here is plain data that round-trips through JSON, so that the
+ONNX file alone is enough to preprocess inputs and render its maps.
+The ONNX model's ``metadata_props`` hold one JSON document per key in
+``ModelMetadata.to_props`` (``attnvis.layers``, ``attnvis.tokens``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+REDUCTIONS = ("none", "mean-heads", "cls")
+PROP_PREFIX = "attnvis."
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One captured attention layer, in call order.
+
+    Attributes:
+        name: module path inside the model (``blocks.3.attn``).
+        kind: ``"self"`` or ``"cross"``.
+        heads: number of heads.
+        q_len: query length.
+        k_len: key length.
+        module_type: class name of the attention module.
+    """
+
+    name: str
+    kind: str
+    heads: int
+    q_len: int
+    k_len: int
+    module_type: str = ""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How the key axis maps back to the image.
+
+    Attributes:
+        prefix_tokens: tokens before the patches (CLS, distillation, registers).
+        grid: patch grid ``(h, w)``; ``None`` for region or sequence keys.
+        kind: ``"grid"`` (patches), ``"regions"`` (detector boxes) or
+            ``"sequence"`` (no spatial meaning).
+        cls_index: index of the token whose row is rendered, or ``None``
+            when the model has no CLS token (the mean over queries is used).
+        prefix_names: names of the prefix tokens, e.g. ``["cls", "dist"]``.
+    """
+
+    prefix_tokens: int = 0
+    grid: tuple[int, int] | None = None
+    kind: str = "grid"
+    cls_index: int | None = None
+    prefix_names: tuple[str, ...] = ()
+
+    @property
+    def num_patches(self) -> int | None:
+        return None if self.grid is None else self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB uint8 image becomes the model's input tensor.
+
+    ``size`` is the network input ``(height, width)``. The image is resized
+    (``resize_short`` keeps the aspect and resizes the short side, then
+    center-crops to ``size``; otherwise it is resized straight to ``size``),
+    scaled by ``scale``, normalized with ``mean``/``std`` and laid out NCHW.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    resize_short: bool = False
+    scale: float = 1.0 / 255.0
+
+
+@dataclass
+class ModelMetadata:
+    """All an exported model says about itself."""
+
+    layers: list[LayerInfo] = field(default_factory=list)
+    tokens: TokenLayout = field(default_factory=TokenLayout)
+    preprocess: Preprocess | None = None
+    reduction: str = "none"
+    input_name: str = "pixel_values"
+    model_outputs: list[str] = field(default_factory=list)
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def attn_outputs(self) -> list[str]:
+        return [f"attn_{i}" for i in range(len(self.layers))]
+
+    def to_props(self) -> dict[str, str]:
+        """Flatten into ONNX ``metadata_props`` (string → JSON string)."""
+        from attnvis import __version__
+
+        doc = {
+            "version": __version__,
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
+            "tokens": dataclasses.asdict(self.tokens),
+            "preprocess": None if self.preprocess is None else dataclasses.asdict(self.preprocess),
+            "reduction": self.reduction,
+            "input_name": self.input_name,
+            "model_outputs": self.model_outputs,
+            "source": self.source,
+            "extra": self.extra,
+        }
+        return {PROP_PREFIX + key: json.dumps(value) for key, value in doc.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
+        """Inverse of :meth:`to_props`; raises ``ValueError`` if absent."""
+        doc = {k[len(PROP_PREFIX):]: json.loads(v) for k, v in props.items() if k.startswith(PROP_PREFIX)}
+        if "layers" not in doc:
+            raise ValueError("not an attnvis model: its metadata has no 'attnvis.layers' entry")
+        tokens = dict(doc.get("tokens") or {})
+        if tokens.get("grid") is not None:
+            tokens["grid"] = tuple(tokens["grid"])
+        tokens["prefix_names"] = tuple(tokens.get("prefix_names") or ())
+        pre = doc.get("preprocess")
+        if pre is not None:
+            pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
+        return cls(
+            layers=[LayerInfo(**layer) for layer in doc["layers"]],
+            tokens=TokenLayout(**tokens),
+            preprocess=pre,
+            reduction=doc.get("reduction", "none"),
+            input_name=doc.get("input_name", "pixel_values"),
+            model_outputs=list(doc.get("model_outputs") or []),
+            source=doc.get("source", ""),
+            extra=dict(doc.get("extra") or {}),
+        )

@@ -1,0 +1,104 @@
+"""The one place a device is resolved, for ONNX Runtime and PyTorch alike.
+
+``auto`` means CUDA when usable, else the CPU; ``cuda`` means CUDA or a
+:class:`~attnvis.errors.DeviceError`, never a silent CPU run. For ONNX
+Runtime, usable is what ``session.get_providers()`` reports after the session
+is made: ``get_available_providers()`` lists CUDA whenever the GPU wheel is
+installed, GPU or not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnvis.errors import DeviceError, InputError, ModelError
+
+DEVICES = ("auto", "cuda", "cpu")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_NO_CUDA = ("ONNX Runtime's CUDA execution provider is not usable here (no GPU, NVIDIA driver or CUDA libraries); "
+            "use --device cpu or auto")
+_NO_TORCH_CUDA = "PyTorch sees no usable CUDA device; use --device cpu or auto"
+
+
+def check_device(device: str) -> str:
+    """``device`` itself when it is one of :data:`DEVICES`.
+
+    Raises:
+        InputError: any other value.
+    """
+    if device not in DEVICES:
+        raise InputError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    return device
+
+
+def _driver_present() -> bool:
+    """Whether the CUDA driver library loads; without it ORT's CUDA provider cannot."""
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return True  # let ORT decide
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def ort_providers(device: str) -> list[str]:
+    """The providers to ask ONNX Runtime for.
+
+    Raises:
+        InputError: an unknown device.
+        DeviceError: ``cuda`` where the CUDA provider cannot load.
+    """
+    import onnxruntime as ort
+
+    if check_device(device) == "cpu":
+        return [CPU]
+    usable = CUDA in ort.get_available_providers() and _driver_present()
+    if device == "cuda" and not usable:
+        raise DeviceError(f"--device cuda: {_NO_CUDA}")
+    if not usable:
+        return [CPU]
+    ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported by us, once
+    return [CUDA, CPU]
+
+
+def ort_session(path: str | Path, device: str = "auto", options=None):
+    """An ``onnxruntime.InferenceSession`` on ``device``, checked with ``get_providers()``.
+
+    Raises:
+        InputError: the file is missing.
+        ModelError: ONNX Runtime cannot load it.
+        DeviceError: ``cuda`` asked for and the session does not run on it.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"model file not found: {path}")
+    providers = ort_providers(device)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # ORT raises its own exception types for corrupt files
+        raise ModelError(f"cannot load {path} with ONNX Runtime: {str(err).splitlines()[0]}") from None
+    if device == "cuda" and CUDA not in session.get_providers():
+        raise DeviceError(f"--device cuda: {_NO_CUDA}")
+    return session
+
+
+def torch_device(device: str):
+    """The ``torch.device`` for ``device`` (``auto``: CUDA if PyTorch can use it).
+
+    Raises:
+        InputError: an unknown device.
+        DeviceError: ``cuda`` where PyTorch sees no usable GPU.
+    """
+    import torch
+
+    check_device(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device cuda: {_NO_TORCH_CUDA}")
+    return torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")

@@ -1,0 +1,103 @@
+"""The embedded default model, ``package.module:factory`` specs, model objects handed over in Python,
+and the specs that are not sources (an ``.onnx`` file, a bare checkpoint)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attnvis.errors import InputError, ModelError
+from attnvis.metadata import Preprocess, TokenLayout
+from attnvis.sources.base import ModelSource, parse_shape
+from attnvis.sources.registry import register_source
+
+_CHECKPOINTS = (".pth", ".pt", ".bin", ".safetensors")
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@register_source("default", lambda spec: spec in ("", "default"))
+def default_source(spec: str = "default", **_) -> ModelSource:
+    """The embedded tiny ViT (:mod:`attnvis.models.tiny`)."""
+    from attnvis.models import tiny
+
+    pre = tiny.DEFAULT_PREPROCESS
+    return ModelSource(tiny.load_default_model(), (torch.zeros(2, 3, *pre.size),), tiny.DEFAULT_TOKENS, pre, "default",
+                       extra={"classes": list(tiny.CLASSES)})
+
+
+@register_source("onnx", lambda spec: Path(spec).suffix.lower() == ".onnx")
+def _onnx_is_no_source(spec: str, **_) -> ModelSource:
+    raise InputError(f"--model {spec} is already an ONNX file; pass it to visualize/batch, not export")
+
+
+@register_source("checkpoint", lambda spec: Path(spec).suffix.lower() in _CHECKPOINTS or Path(spec).exists())
+def _checkpoint_is_no_source(spec: str, **_) -> ModelSource:
+    if not Path(spec).exists():
+        raise InputError(f"model file not found: {spec}")
+    raise InputError(f"--model {spec}: a checkpoint alone does not say which model it is; use timm:NAME or "
+                     f"torchvision:NAME with --weights {spec}, or add --infos_path for an AoANet checkpoint")
+
+
+@register_source("factory", lambda spec: ":" in spec and not spec.startswith(":"))
+def factory_source(spec: str, *, input_shape: str | None = None, tokens: TokenLayout | None = None,
+                   **_) -> ModelSource:
+    """``package.module:factory``: any ``nn.Module`` built by a function; needs ``input_shape``."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"--model {spec!r}: cannot import {attr!r} from {module_name!r} ({err})") from None
+    if input_shape is None:
+        raise InputError(f"--model {spec!r} needs --input-shape B,C,H,W (images) or B,N,D (token sequences)")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    shape = parse_shape(input_shape)
+    example = (torch.randn(max(shape[0], 2), *shape[1:]),)
+    tokens = tokens or getattr(model, "attnvis_tokens", None) or TokenLayout(kind="sequence")
+    name = "input" if len(shape) == 3 else "pixel_values"
+    return ModelSource(model.eval(), example, tokens, None, spec, name)
+
+
+def _square(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def module_source(model: nn.Module) -> ModelSource:
+    """A :class:`ModelSource` for a model object handed over in Python.
+
+    The embedded tiny ViT, timm, Hugging Face and torchvision ViTs are
+    recognized; any other model declares ``model.attnvis_tokens`` (a
+    :class:`TokenLayout`) and ``model.attnvis_preprocess`` (a :class:`Preprocess`).
+
+    Raises:
+        ModelError: the layout of an unrecognized model is not declared.
+    """
+    kind = type(model).__module__.split(".")[0]
+    if type(model).__name__ == "TinyViT" and type(model).__module__ == "attnvis.models.tiny":
+        source = default_source()
+        return ModelSource(model.eval(), source.example_inputs, source.tokens, source.preprocess, "TinyViT",
+                           extra=source.extra)
+    if kind == "timm":
+        from attnvis.sources.timm import timm_layout, timm_preprocess
+
+        size = _square(model.patch_embed.img_size) if getattr(model.patch_embed, "img_size", None) else (224, 224)
+        tokens, pre = timm_layout(model, size), timm_preprocess(model, size)
+    elif kind == "transformers":
+        from attnvis.sources.hf import hf_layout
+
+        size = _square(getattr(model.config, "image_size", 224))
+        tokens, pre = hf_layout(model, size), Preprocess(size=size, mean=(0.5,) * 3, std=(0.5,) * 3)
+    elif kind == "torchvision" and hasattr(model, "patch_size"):
+        size = _square(model.image_size)
+        tokens = TokenLayout(1, (size[0] // model.patch_size, size[1] // model.patch_size), "grid", 0, ("cls",))
+        pre = Preprocess(size=size, mean=_IMAGENET[0], std=_IMAGENET[1], resize_short=True, crop_pct=0.875)
+    elif getattr(model, "attnvis_tokens", None) is not None and getattr(model, "attnvis_preprocess", None) is not None:
+        tokens, pre = model.attnvis_tokens, model.attnvis_preprocess
+    else:
+        raise ModelError(f"attnvis does not know how {type(model).__name__}'s tokens map to the image: set "
+                         "model.attnvis_tokens (TokenLayout) and model.attnvis_preprocess (Preprocess), or pass a --model spec")
+    return ModelSource(model.eval(), (torch.zeros(2, 3, *pre.size),), tokens, pre, type(model).__name__)
