@@ -4,6 +4,7 @@ Public API (imported lazily so that ``import attnvis`` stays fast):
 
 - :func:`visualize_attention_on_image` — one image, every layer, files on disk.
 - :func:`register_attention_hooks` — capture attention maps from any model.
+- :func:`load_maps` — a batch's map store (``attnvis batch --save maps``) as a mapping.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "visualize_attention_on_image", "register_attention_hooks"]
+__all__ = ["__version__", "visualize_attention_on_image", "register_attention_hooks", "load_maps"]
 
 _LAZY = {
     "visualize_attention_on_image": "attnvis.visualize",
     "register_attention_hooks": "attnvis.capture.context",
+    "load_maps": "attnvis.batch.store",
 }
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

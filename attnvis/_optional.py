@@ -11,6 +11,7 @@ from attnvis.errors import MissingExtraError
 EXTRAS = {
     "torch": "export", "onnxscript": "export", "torchvision": "timm", "timm": "timm", "transformers": "hf",
     "safetensors": "hf", "matplotlib": "bench", "psutil": "bench", "ray": "ray", "pyarrow": "maps",
+    "numba_cuda": "gpu",
 }
 
 

@@ -18,6 +18,43 @@ PROP_PREFIX = "attnvis."
 
 
 @dataclass(frozen=True)
+class WindowLayout:
+    """Where one windowed-attention block's windows lie (Swin and kin).
+
+    The block attends within ``window × window`` windows of its stage's token
+    grid, padded at the bottom/right to a multiple of ``window`` and, for a
+    shifted block, rolled by ``-shift`` along both axes first (as
+    ``torch.roll(x, (-shift, -shift))``). Windows are numbered row-major over
+    the padded grid; a key's index inside its window is row-major too.
+
+    Attributes:
+        stage: the stage (resolution level) the block belongs to, from 0.
+        grid: the stage's token grid ``(h, w)`` before padding.
+        window: the window side, in tokens (``Q = K = window²``).
+        shift: the cyclic shift, in tokens; 0 for an unshifted block.
+        roll_before_pad: the block rolls the unpadded grid and pads it after
+            (timm); ``False``: it pads first and rolls the padded grid
+            (Hugging Face, torchvision). The same where no padding is needed.
+    """
+
+    stage: int
+    grid: tuple[int, int]
+    window: int
+    shift: int = 0
+    roll_before_pad: bool = False
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """The grid padded to whole windows."""
+        return tuple(-(-side // self.window) * self.window for side in self.grid)
+
+    @property
+    def num_windows(self) -> int:
+        ph, pw = self.padded
+        return (ph // self.window) * (pw // self.window)
+
+
+@dataclass(frozen=True)
 class LayerInfo:
     """One captured attention layer, in call order.
 
@@ -28,6 +65,7 @@ class LayerInfo:
         q_len: query length.
         k_len: key length.
         module_type: class name of the attention module.
+        window: the window layout of a windowed-attention block; ``None`` for global attention.
     """
 
     name: str
@@ -36,6 +74,7 @@ class LayerInfo:
     q_len: int
     k_len: int
     module_type: str = ""
+    window: WindowLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +170,7 @@ class ModelMetadata:
         if pre is not None:
             pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
         return cls(
-            layers=[LayerInfo(**layer) for layer in doc["layers"]],
+            layers=[_layer(layer) for layer in doc["layers"]],
             tokens=TokenLayout(**tokens),
             preprocess=pre,
             reduction=doc.get("reduction", "none"),
@@ -140,3 +179,11 @@ class ModelMetadata:
             source=doc.get("source", ""),
             extra=dict(doc.get("extra") or {}),
         )
+
+
+def _layer(doc: dict) -> LayerInfo:
+    """A :class:`LayerInfo` from its JSON (files without ``window`` are global attention)."""
+    window = doc.get("window")
+    if window is not None:
+        window = WindowLayout(**{**window, "grid": tuple(window["grid"])})
+    return LayerInfo(**{**doc, "window": window})

@@ -1,6 +1,7 @@
 """Read, check and decode one input image, refusing bad files with a one-line reason.
 
-The header is checked before any pixel is decoded (PIL opens lazily), so an
+The header is checked before any pixel is decoded
+(:func:`attnvis.runtime.images.probe`, shared with ``visualize``), so an
 enormous image or an unsupported pixel mode costs one small read, not a
 gigabyte of RAM. The pixels are then decoded by OpenCV through
 :func:`attnvis.runtime.images.decode_image`, as ``visualize`` does, so
@@ -9,22 +10,13 @@ both commands see the same RGB array (EXIF orientation applied).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 
 from attnvis.errors import InputError
 from attnvis.metadata import Preprocess
-
-DEFAULT_MAX_PIXELS = 40_000_000  # ~8K × 5K: its overlays and heatmaps alone take ~1 GB in flight
-
-# PIL modes whose pixels OpenCV turns into 8-bit colour faithfully: bilevel, grey (8/16-bit),
-# palette, colour with or without alpha, CMYK and YCbCr JPEG.
-SUPPORTED_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                             "I;16", "I;16B", "I;16L", "I;16N"})
-_MODE_NAMES = {"F": "32-bit float", "I": "32-bit integer", "LAB": "Lab colour", "HSV": "HSV colour"}
-
+from attnvis.runtime.images import DEFAULT_MAX_PIXELS, SUPPORTED_MODES, probe  # noqa: F401 - the batch's names
 
 @dataclass
 class Decoded:
@@ -37,31 +29,6 @@ class Decoded:
 
     image: np.ndarray
     tensor: np.ndarray
-
-
-def probe(data: bytes, name: str, max_pixels: int) -> str:
-    """Check an encoded image's header; return its format name.
-
-    Raises:
-        InputError: empty file, not an image, unsupported pixel mode, or more
-            than ``max_pixels`` pixels. The message is one line.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise InputError(f"{name}: the file is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # header only: no pixel is decoded here
-            fmt, mode, (width, height) = im.format or "image", im.mode, im.size
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise InputError(f"{name}: not an image in a format PIL/OpenCV can read (PNG, JPEG, WebP, BMP, TIFF, GIF)") from None
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's header parsers raise these on garbage
-        raise InputError(f"{name}: unreadable image header ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    if width * height > max_pixels:
-        raise InputError(f"{name}: {width}x{height} = {width * height:,} pixels is over --max-pixels {max_pixels:,}; raise the limit to render it")
-    if mode not in SUPPORTED_MODES:
-        raise InputError(f"{name}: unsupported pixel mode {mode} ({_MODE_NAMES.get(mode, 'no 8-bit colour conversion')}); convert it to 8-bit RGB")
-    return fmt
 
 
 def decode(path: str, name: str, pre: Preprocess | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:

@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
+from attnvis.batch.cores import CoreSplit
 from attnvis.batch.inputs import Item
 from attnvis.batch.stages import RenderPlan, decode_item, infer, render_item
 
@@ -40,14 +41,17 @@ class LocalEngine:
         batch_size: images per inference call.
         workers: decode/render threads (default: the cores available).
         max_pixels: decode limit (see :func:`attnvis.batch.decode.probe`).
+        split: times the first batch and settles ORT's threads (:class:`attnvis.batch.cores.CoreSplit`).
     """
 
     def __init__(self, session, plan: RenderPlan, root: Path, batch_size: int = 16, workers: int | None = None,
-                 max_pixels: int = 40_000_000):
+                 max_pixels: int = 40_000_000, split: CoreSplit | None = None):
         self.session, self.plan, self.root = session, plan, Path(root)
         self.batch_size = batch_size
         self.workers = workers or available_cores()
         self.max_pixels = max_pixels
+        self.split = split
+        self.notes: list[str] = []  # for the run's summary
 
     def run(self, items: Iterable[Item], sink: Callable[[dict], None]) -> None:
         """Process ``items``; call ``sink(record)`` on the calling thread once per item."""
@@ -65,6 +69,8 @@ class LocalEngine:
                     self._submit_renders(pool, batch, rendering, sink, in_flight)
                 while rendering:
                     sink(rendering.popleft().result())
+                if self.split is not None and self.split.note:
+                    self.notes.append(self.split.note)
             except BaseException:
                 for future in [f for _, f in decoding] + list(rendering):
                     future.cancel()
@@ -75,7 +81,7 @@ class LocalEngine:
             item = next(source, None)
             if item is None:
                 return
-            decoding.append((item, pool.submit(decode_item, item, self.plan, self.max_pixels)))
+            decoding.append((item, self._submit(pool, "decode", decode_item, item, self.plan, self.max_pixels)))
 
     def _next_batch(self, decoding, rendering, sink, pool, source, ahead) -> list:
         """Up to ``batch_size`` decoded images, in input order; bad files go to ``sink``."""
@@ -93,11 +99,21 @@ class LocalEngine:
         return batch
 
     def _submit_renders(self, pool, batch, rendering, sink, in_flight: int) -> None:
-        maps, predictions = infer(self.session, [decoded.tensor for _, decoded in batch], self.batch_size)
+        tensors = [decoded.tensor for _, decoded in batch]
+        if self.split is None:
+            maps, predictions = infer(self.session, tensors, self.batch_size)
+        else:
+            self.session = self.split.session(self.session)
+            maps, predictions = self.split.infer(self.session, infer, tensors, self.batch_size)
         for (item, decoded), attn, prediction in zip(batch, maps, predictions):
             while len(rendering) >= in_flight:
                 sink(rendering.popleft().result())
-            rendering.append(pool.submit(render_item, item, decoded, attn, prediction, self.plan, self.root))
+            rendering.append(self._submit(pool, "render", render_item, item, decoded, attn, prediction, self.plan,
+                                          self.root))
+
+    def _submit(self, pool, stage: str, fn, *args) -> Future:
+        """``fn(*args)`` on the pool; timed for the core split while it measures."""
+        return pool.submit(fn, *args) if self.split is None else pool.submit(self.split.timed, stage, fn, *args)
 
 
 def available_cores() -> int:

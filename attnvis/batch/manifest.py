@@ -9,7 +9,8 @@ and :meth:`Manifest.open` cuts off before appending. An image listed twice
 
 Record fields: ``key``, ``source``, ``status`` (``ok`` | ``failed``),
 ``error`` (one line, or null), ``files`` (every output, relative to the
-output folder), ``maps`` (``layer``, ``head``, ``overlay``, ``heatmap``),
+output folder), ``checks`` (``[size, crc32]`` of each file, for ``--resume``),
+``maps`` (``layer``, ``head``, ``overlay``, ``heatmap``),
 ``thumb``, ``size`` ([H, W]), ``prediction``, ``words`` (caption words for
 captioning models, each map then carries a ``word`` index), ``plan`` (the
 :attr:`RenderPlan.fingerprint`) and ``time`` (UNIX seconds).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
@@ -104,8 +106,27 @@ class Manifest:
         self.close()
 
 
+def file_check(data) -> list[int]:
+    """``[size, crc32]`` of a file's bytes, as the manifest records it beside each file."""
+    view = memoryview(data).cast("B")
+    return [view.nbytes, zlib.crc32(view)]
+
+
+def _matches(path: Path, check) -> bool:
+    try:
+        if not isinstance(check, list) or path.stat().st_size != check[0]:
+            return False
+        return file_check(path.read_bytes()) == check
+    except OSError:
+        return False
+
+
 def is_complete(record: dict | None, root: Path, fingerprint: str) -> bool:
-    """Whether ``--resume`` may skip this image: rendered with the same plan, every file present."""
+    """Whether ``--resume`` may skip this image: rendered with the same plan, every file there with the
+    size and CRC-32 the manifest recorded (a truncated or emptied file is redone)."""
     if not record or record.get("status") != "ok" or record.get("plan") != fingerprint:
         return False
-    return all((root / rel).is_file() for rel in record.get("files", ()))
+    files, checks = record.get("files", ()), record.get("checks")
+    if not isinstance(checks, list) or len(checks) != len(files):
+        return False  # written before files were checked: redo rather than trust existence
+    return all(_matches(root / rel, check) for rel, check in zip(files, checks))

@@ -40,7 +40,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from attnvis.batch.inputs import Item
-from attnvis.batch.stages import RenderPlan
+from attnvis.batch.stages import STORE_ROW, RenderPlan
 from attnvis.errors import AttnvisError, InputError
 
 INSTALL_HINT = 'pip install "attnvis[ray]"'
@@ -66,7 +66,7 @@ def import_ray():
 # --------------------------------------------------------------------------- stages as Ray Data UDFs
 
 
-_BINARY = frozenset({"image", "data"})  # pickled NumPy payloads; every other column is a string
+_BINARY = frozenset({"image", "data", "row"})  # pickled NumPy payloads; every other column is a string
 
 
 def _table(columns: dict[str, list]):
@@ -150,18 +150,22 @@ def render_batch(batch, plan: RenderPlan, root: str):
     from attnvis.batch.decode import Decoded
     from attnvis.batch.stages import render_item
 
-    records, no_tensor = [], np.empty((0,), np.float32)  # render_item reads the image only
+    records, rows, no_tensor = [], [], np.empty((0,), np.float32)  # render_item reads the image only
     columns = (batch.column(c).to_pylist() for c in ("path", "key", "record", "image", "data"))
     for path, key, record, image, data in zip(*columns):
+        row = None
         if record == _NO_RECORD:
             attn, prediction = pickle.loads(data)
             decoded = Decoded(pickle.loads(image), no_tensor)
             try:
-                record = json.dumps(render_item(Item(path, key), decoded, attn, prediction, plan, Path(root)))
+                record = render_item(Item(path, key), decoded, attn, prediction, plan, Path(root))
+                row = record.pop(STORE_ROW, None)  # the map store's row travels to the driver beside the record
+                record = json.dumps(record)
             except OSError as err:  # disk full, permissions: fatal for the run, as locally; Ray would bury it in
                 record = json.dumps({_FATAL: [err.errno, err.strerror, err.filename]})  # a UDF error's text
         records.append(record)
-    return _table({"record": records})
+        rows.append(b"" if row is None else _dumps(row))
+    return _table({"record": records, "row": rows})
 
 
 # --------------------------------------------------------------------------- the engine
@@ -192,7 +196,8 @@ def model_file(config) -> Path:
 
     if config.model and config.model.lower().endswith(".onnx"):
         return Path(config.model)
-    return exported_path(config.model, weights=config.weights)  # made by the driver's open_model already
+    # made by the driver's open_model already
+    return exported_path(config.model, weights=config.weights, random_weights=config.random_weights)
 
 
 class RayEngine:
@@ -221,10 +226,12 @@ class RayEngine:
         started = self._connect()
         try:
             for batch in self._dataset(items).iter_batches(batch_format="pyarrow", batch_size=None):
-                for line in batch.column("record").to_pylist():
+                for line, row in zip(batch.column("record").to_pylist(), batch.column("row").to_pylist()):
                     record = json.loads(line)
                     if _FATAL in record:
                         raise OSError(*record[_FATAL])  # the run stops at the first I/O error, as locally
+                    if row:
+                        record[STORE_ROW] = pickle.loads(row)  # the driver stores it (attnvis.batch.store)
                     sink(record)
         except self.ray.exceptions.RayError as err:
             raise _user_error(err) from None
@@ -240,8 +247,9 @@ class RayEngine:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = getattr(self.config, "address", None)
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, configure_logging=True)
+            verbose = getattr(self.config, "verbose", False)  # Ray's own logs and the workers' stderr only when asked
+            ray.init(address=address, include_dashboard=False, log_to_driver=verbose,
+                     logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=True)
         except ConnectionError as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise InputError(f"--address {address}: cannot join a Ray cluster there ({reason}); start one with "

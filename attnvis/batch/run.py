@@ -17,12 +17,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from attnvis.visualize import VisualizeOptions
+from attnvis.visualize import VisualizeOptions, check_options
 from attnvis.batch.decode import DEFAULT_MAX_PIXELS
 from attnvis.errors import InputError
+
+if TYPE_CHECKING:
+    from attnvis.batch.caption import CaptionOptions
 
 ENGINES = ("local", "ray")
 EXIT_SOME_FAILED = 3  # distinct from 1 (I/O error) and 2 (bad argument)
@@ -32,19 +36,22 @@ EXIT_SOME_FAILED = 3  # distinct from 1 (I/O error) and 2 (bad argument)
 class BatchConfig:
     """A batch run. Each field is the ``attnvis batch`` flag of the same name.
 
-    ``threads`` (ONNX Runtime intra-op threads) defaults to 1 on the CPU:
-    decode and render threads already fill the cores, and a second spinning
-    ORT pool would only take cycles from them. Give ``--threads`` for large
-    models where inference dominates.
+    ``threads`` (ONNX Runtime intra-op threads) is, on the CPU, settled from
+    what the first batch costs (:mod:`attnvis.batch.cores`): 1 for a
+    render-bound model, up to every core for an inference-bound one.
+    ``max_memory`` (bytes) bounds the maps in flight; ``None``: a share of the
+    memory available at the start.
     """
 
     inputs: list[str]
     output: str = "attn_batch"
     model: str | None = None
     weights: str | None = None
+    random_weights: bool = False
     device: str = "auto"
     backend: str = "ort"
     threads: int | None = None
+    max_memory: int | None = None
     options: VisualizeOptions = field(default_factory=VisualizeOptions)
     batch_size: int = 16
     workers: int | None = None
@@ -55,6 +62,10 @@ class BatchConfig:
     address: str | None = None
     num_gpus_per_worker: float = 0.0
     gallery: bool = True
+    verbose: bool = False
+    save: str = "images"  # images | maps | both: see attnvis.batch.stages.SAVE_MODES and attnvis.batch.store
+    store_heads: bool = False
+    caption: CaptionOptions | None = None  # captioners: see attnvis.batch.caption
 
 
 @dataclass
@@ -71,6 +82,7 @@ class BatchSummary:
     output: Path = Path(".")
     gallery: Path | None = None  # index.html, when written
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason), the first few
+    notes: list[str] = field(default_factory=list)  # how the run was set up: threads, batch (see attnvis.batch.cores)
 
     @property
     def images_per_second(self) -> float:
@@ -81,9 +93,13 @@ class BatchSummary:
         return EXIT_SOME_FAILED if self.failed else 0
 
     def text(self) -> str:
-        lines = [f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed "
-                 f"of {self.total} images in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
-                 f"{self.cpu_seconds / max(self.seconds, 1e-9):.1f} cores busy; setup {self.setup_seconds:.1f} s)",
+        counts = f"{self.done} done, {self.skipped} skipped (already complete), {self.failed} failed of {self.total} images"
+        if self.done + self.failed:
+            counts += (f" in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s, "
+                       f"{self.cpu_seconds / max(self.seconds, 1e-9):.1f} cores busy; setup {self.setup_seconds:.1f} s)")
+        else:
+            counts += ": nothing to do" if self.total else ""
+        lines = [counts, *self.notes,
                  f"outputs: {self.output}  manifest: {self.output / 'manifest.jsonl'}"
                  + (f"  gallery: {self.gallery}" if self.gallery else "")]
         lines += [f"failed: {reason}" for _, reason in self.failures[:10]]
@@ -92,9 +108,15 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def _check(config: BatchConfig) -> None:
-    from attnvis.render import COLORMAPS, FORMATS
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: :attr:`summary` says what was done (every finished image is in the manifest)."""
 
+    def __init__(self, summary: BatchSummary):
+        super().__init__("interrupted")
+        self.summary = summary
+
+
+def _check(config: BatchConfig) -> None:
     if config.batch_size < 1:
         raise InputError(f"--batch-size {config.batch_size} must be at least 1")
     if config.workers is not None and config.workers < 1:
@@ -103,12 +125,7 @@ def _check(config: BatchConfig) -> None:
         raise InputError(f"--max-pixels {config.max_pixels} must be positive")
     if config.engine not in ENGINES:
         raise InputError(f"--engine {config.engine!r} is not one of {', '.join(ENGINES)}")
-    if not 0.0 <= config.options.alpha <= 1.0:
-        raise InputError(f"--alpha {config.options.alpha} must be in [0, 1]")
-    if config.options.colormap not in COLORMAPS:
-        raise InputError(f"--colormap {config.options.colormap!r} is not one of {', '.join(COLORMAPS)}")
-    if config.options.format not in FORMATS:
-        raise InputError(f"--format {config.options.format!r} is not one of {', '.join(FORMATS)}")
+    check_options(config.options)
     if config.engine == "ray":
         from attnvis.batch.ray_engine import check_config
 
@@ -120,7 +137,8 @@ def open_session(config: BatchConfig):
     from attnvis.runtime import open_model
 
     threads = config.threads if config.threads is not None else (None if config.device == "cuda" else 1)
-    return open_model(config.model, backend=config.backend, device=config.device, weights=config.weights, threads=threads)
+    return open_model(config.model, backend=config.backend, device=config.device, weights=config.weights, threads=threads,
+                      random_weights=config.random_weights)
 
 
 def run_batch(config: BatchConfig) -> BatchSummary:
@@ -132,30 +150,85 @@ def run_batch(config: BatchConfig) -> BatchSummary:
         ModelError / DeviceError: the model cannot be opened on the device.
         OSError: the output folder cannot be written.
     """
-    from attnvis.batch import manifest as mf
     from attnvis.batch.inputs import discover
-    from attnvis.batch.stages import clean_tmp, make_plan, warm_up
+    from attnvis.batch.lock import OutputLock
+    from attnvis.batch.stages import make_plan, warm_up
 
     began = time.perf_counter()
     _check(config)
+    from attnvis.batch.caption import is_caption_run
+
+    if is_caption_run(config.model, config.caption):
+        return _run_captions(config, began)
     items = discover(config.inputs, exclude=config.output)
     warmed = _in_background(warm_up, config.options) if config.engine == "local" else None
     session = open_session(config)  # meanwhile the renderer's one-time loading
     if warmed is not None:
         warmed()
-    plan = make_plan(session.metadata, config.options, config.model)
+    plan = make_plan(session.metadata, config.options, config.model, save=config.save, store_heads=config.store_heads)
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
+    with OutputLock(root):  # another run here would delete this one's temporary files, and this one its
+        return _run_locked(config, items, session, plan, root, began)
+
+
+def _run_locked(config: BatchConfig, items, session, plan, root: Path, began: float) -> BatchSummary:
+    """The part of :func:`run_batch` that writes into ``root``, under its lock."""
+    from attnvis.batch import manifest as mf
+    from attnvis.batch.stages import clean_tmp
+
     clean_tmp(root)
     previous = mf.load(root / mf.MANIFEST) if config.resume else {}
-    pending = [item for item in items if not mf.is_complete(previous.get(item.key), root, plan.fingerprint)]
+    store = _open_store(root, plan)
+    pending = [item for item in items if not (mf.is_complete(previous.get(item.key), root, plan.fingerprint)
+                                              and (store is None or item.key in store.keys))]
+    if store is not None:
+        store.prune({item.key for item in pending})  # what is redone is stored once, by this run
     start, cpu = time.perf_counter(), time.process_time()
     summary = BatchSummary(total=len(items), skipped=len(items) - len(pending), output=root, setup_seconds=start - began)
-    with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar:
-        _engine(config, session, plan, root).run(pending, _sink(manifest, summary, bar))
+    try:
+        with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar, \
+                _writing(store, manifest):
+            engine = _engine(config, session, plan, root)
+            engine.run(pending, _sink(manifest, summary, bar, store))
+        summary.notes = [note for note in getattr(engine, "notes", []) if note]
+    except KeyboardInterrupt:
+        summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+        raise BatchInterrupted(summary) from None
     summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     if config.gallery:
         summary.gallery = _write_gallery(root, items, plan)
+    return summary
+
+
+def _run_captions(config: BatchConfig, began: float) -> BatchSummary:
+    """A batch whose model is a captioner (:mod:`attnvis.batch.caption`)."""
+    from attnvis.batch import caption as cb
+    from attnvis.batch import manifest as mf
+    from attnvis.batch.inputs import discover
+    from attnvis.batch.lock import OutputLock
+
+    opts = config.caption or cb.CaptionOptions()
+    items = discover(config.inputs, exclude=config.output)
+    captioner = cb.open_captioner(config, opts)
+    root = Path(config.output)
+    root.mkdir(parents=True, exist_ok=True)
+    with OutputLock(root):
+        previous = mf.load(root / mf.MANIFEST) if config.resume else {}
+        pending = cb.pending_items(items, previous, root, config, opts)
+        start, cpu = time.perf_counter(), time.process_time()
+        summary = BatchSummary(total=len(items), skipped=len(items) - len(pending), output=root,
+                               setup_seconds=start - began)
+        with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar:
+            cb.caption_items(captioner, config, opts, pending, root, _sink(manifest, summary, bar))
+        summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+        if config.gallery:
+            from attnvis.batch.gallery import write_gallery
+
+            records = mf.load(root / mf.MANIFEST)
+            summary.gallery = write_gallery(root, [records[i.key] for i in items if i.key in records],
+                                            cb.caption_metadata(), title=f"attnvis batch: {config.model}",
+                                            colormap=config.options.colormap, alpha=config.options.alpha)
     return summary
 
 
@@ -185,21 +258,54 @@ def _in_background(fn, *args) -> Callable[[], None]:
 
 
 def _engine(config: BatchConfig, session, plan, root: Path):
-    from attnvis.batch.local import LocalEngine
+    from attnvis.batch.local import LocalEngine, available_cores
 
     if config.engine == "ray":
         from attnvis.batch.ray_engine import RayEngine
 
         return RayEngine(config, plan, root)
 
-    return LocalEngine(session, plan, root, config.batch_size, config.workers, config.max_pixels)
+    from attnvis.batch.cores import CoreSplit, fit_batch
+
+    fit = fit_batch(session.metadata, config.batch_size, config.max_memory)
+    split = None
+    if config.threads is None and config.backend == "ort" and session.device == "cpu":
+        cores = available_cores()
+        split = CoreSplit(cores, lambda threads: open_session(replace(config, threads=threads)), fit.batch_size)
+    engine = LocalEngine(session, plan, root, fit.batch_size, config.workers, config.max_pixels, split)
+    engine.notes.append(fit.note)
+    return engine
 
 
-def _sink(manifest, summary: BatchSummary, bar):
-    """The per-record callback: manifest line, counters, progress bar."""
+def _open_store(root: Path, plan):
+    """The map store's writer for ``--save maps|both`` (``None`` for images)."""
+    if plan.store_layout is None:
+        return None
+    from attnvis.batch.store import open_writer
+
+    return open_writer(root, plan.metadata, plan.store_layout)
+
+
+def _writing(store, manifest):
+    """The store writer as a context (its records go to ``manifest`` after their shard), or nothing."""
+    import contextlib
+
+    if store is None:
+        return contextlib.nullcontext()
+    store.manifest = manifest
+    return store
+
+
+def _sink(manifest, summary: BatchSummary, bar, store=None):
+    """The per-record callback: manifest line (through the store for a stored row), counters, progress bar."""
+    from attnvis.batch.stages import STORE_ROW
 
     def sink(record: dict) -> None:
-        manifest.append(record)
+        row = record.pop(STORE_ROW, None)
+        if row is not None:
+            store.add(row, record)
+        else:
+            manifest.append(record)
         if record["status"] == "ok":
             summary.done += 1
         else:

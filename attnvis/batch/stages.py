@@ -26,7 +26,9 @@ from attnvis.errors import InputError
 from attnvis.metadata import ModelMetadata, Preprocess
 
 THUMB_WIDTH = 192  # gallery thumbnails: the last layer's overlay, JPEG
-THUMB_NAME = "thumbnail.jpg"  # beside the seed files, so an image folder is self-contained
+THUMB_NAME = "thumbnail.jpg"  # beside the per-layer files, so an image folder is self-contained
+SAVE_MODES = ("images", "maps", "both")  # --save: the per-layer files, the map store (attnvis.batch.store), or both
+STORE_ROW = "_store_row"  # a record's store row on its way to the driver (never written to the manifest)
 _TMP_SUFFIX = ".tmp"
 
 
@@ -40,6 +42,9 @@ class RenderPlan:
         metadata: the model's metadata (layer names, token layout).
         model: how the model was named (for the run's fingerprint).
         thumbs: also write a gallery thumbnail per image.
+        save: ``--save``: ``images`` (the per-layer files), ``maps`` (the map store
+            and a thumbnail) or ``both``.
+        store_heads: ``--store-heads``: per-head rows in the store too.
     """
 
     options: VisualizeOptions
@@ -47,18 +52,41 @@ class RenderPlan:
     metadata: ModelMetadata
     model: str = "default"
     thumbs: bool = True
+    save: str = "images"
+    store_heads: bool = False
 
     @cached_property  # asked once per image (manifest lines, --resume checks)
     def fingerprint(self) -> str:
         """Hash of what changes the files: ``--resume`` only trusts records with the same one."""
         doc = {"options": asdict(self.options), "layers": self.layers, "model": self.model, "thumbs": self.thumbs,
                "layer_names": [layer.name for layer in self.metadata.layers]}
+        if self.save != "images":  # only then: an images run keeps the fingerprint it always had
+            doc.update(save=self.save, store_heads=self.store_heads)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None, thumbs: bool = True) -> RenderPlan:
-    """Check the selection against the model (one clear error) and fix the plan."""
-    return RenderPlan(options, tuple(check_selection(meta, options)), meta, model or "default", thumbs)
+    @cached_property
+    def store_layout(self):
+        """The :class:`attnvis.batch.store.StoreLayout` of this run's rows, or ``None`` for ``--save images``."""
+        from attnvis.batch.store import layout_for
+
+        return None if self.save == "images" else layout_for(self.metadata, self.store_heads)
+
+
+def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None, thumbs: bool = True,
+              save: str = "images", store_heads: bool = False) -> RenderPlan:
+    """Check the selection and the store options against the model (one clear error each) and fix the plan."""
+    layers = tuple(check_selection(meta, options))
+    if any(layer.window is not None for layer in meta.layers):
+        raise InputError("attnvis batch does not take windowed-attention (Swin) models yet: their blocks' maps have "
+                         "a resolution per stage; use 'attnvis visualize' per image")
+    if save not in SAVE_MODES:
+        raise InputError(f"--save {save!r} is not one of {', '.join(SAVE_MODES)}")
+    if store_heads and save == "images":
+        raise InputError("--store-heads adds per-head rows to the map store: give --save maps or --save both with it")
+    if store_heads and meta.reduction != "none":
+        raise InputError(f"--store-heads needs per-head maps, but this model was exported with --reduce {meta.reduction}")
+    return RenderPlan(options, layers, meta, model or "default", thumbs, save, store_heads)
 
 
 @dataclass
@@ -129,6 +157,8 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     """
     from attnvis.render.writers import encode_image, encode_npy
 
+    if plan.save == "maps":
+        return _render_thumbnail_only(key, image, attn, plan, prediction)
     opts = plan.options
     named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True))
     files, maps, last_overlay = [], [], None
@@ -145,6 +175,22 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     if plan.thumbs and last_overlay is not None:
         out.thumb = f"{key}/{THUMB_NAME}"
         files.append((out.thumb, _thumbnail(last_overlay)))
+    return out
+
+
+def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan,
+                           prediction: str | None) -> Rendered:
+    """``--save maps``: no per-layer files, only the gallery thumbnail, rendered on the shrunk image (~50x less work)."""
+    from attnvis.visualize import layer_images
+    from attnvis.render import render_map
+
+    out = Rendered(key, [], [], image.shape[:2], prediction)
+    if plan.thumbs:
+        small = np.ascontiguousarray(_shrink(image))
+        grid = layer_images(attn[plan.layers[-1]], plan.metadata, plan.options)[-1][1]  # the last map, as images mode
+        overlay = render_map(grid, small, plan.options.colormap, plan.options.alpha, parallel=False)[1]
+        out.thumb = f"{key}/{THUMB_NAME}"
+        out.files.append((out.thumb, _encode_thumb(overlay)))
     return out
 
 
@@ -171,7 +217,18 @@ def gallery_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
 
 
 def _thumbnail(rgb: np.ndarray) -> bytes:
-    """The gallery's JPEG of an overlay, THUMB_WIDTH wide.
+    """The gallery's JPEG of an overlay, THUMB_WIDTH wide."""
+    return _encode_thumb(_shrink(rgb))
+
+
+def _encode_thumb(rgb: np.ndarray) -> bytes:
+    from attnvis.render import encode_image
+
+    return encode_image(rgb, "jpg", 85)
+
+
+def _shrink(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` at most THUMB_WIDTH wide.
 
     Halved with INTER_AREA while at least twice the target (OpenCV's fast
     integer path), then one bilinear step: ~8x less CPU than one INTER_AREA
@@ -179,15 +236,13 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
     """
     import cv2
 
-    from attnvis.render import encode_image
-
     height, width = rgb.shape[:2]
     if width > THUMB_WIDTH:
         while rgb.shape[1] >= 2 * THUMB_WIDTH and rgb.shape[0] >= 2:
             rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
         size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
-    return encode_image(rgb, "jpg", 85)
+    return rgb
 
 
 def warm_up(options: VisualizeOptions) -> None:
@@ -249,8 +304,11 @@ def clean_tmp(folder: Path) -> int:
 
 def ok_record(source: str, rendered: Rendered, plan: RenderPlan) -> dict:
     """The manifest line of a rendered image (see :mod:`attnvis.batch.manifest`)."""
+    from attnvis.batch.manifest import file_check
+
     return {"key": rendered.key, "source": source, "status": "ok", "error": None,
-            "files": [rel for rel, _ in rendered.files], "maps": rendered.maps, "raw": rendered.raw,
+            "files": [rel for rel, _ in rendered.files], "checks": [file_check(data) for _, data in rendered.files],
+            "maps": rendered.maps, "raw": rendered.raw,
             "thumb": rendered.thumb, "size": list(rendered.size), "prediction": rendered.prediction,
             "head_grids": rendered.head_grids,
             "plan": plan.fingerprint, "time": round(time.time(), 3)}
@@ -284,11 +342,19 @@ def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction
     """Render, encode and write one image (temporary names, then renames); return its manifest record.
 
     ``OSError`` (disk full, permissions) propagates: it would fail every image.
+    With a map store, the record carries the image's row under :data:`STORE_ROW`.
     """
+    from attnvis.batch.store import make_row
+
     try:
         rendered = render(item.key, decoded.image, attn, plan, prediction)
+        row = None if plan.store_layout is None else make_row(item.key, item.path, rendered.size, attn, plan.metadata,
+                                                               plan.store_layout)
     except ValueError as err:  # e.g. non-finite attention from the model for this image
         return failed_record(item.path, item.key, f"{item.key}: cannot render ({_one_line(err)})", plan)
     clean_tmp(root / item.key)  # leftovers of a killed run
     write_files(root, rendered.files)
-    return ok_record(item.path, rendered, plan)
+    record = ok_record(item.path, rendered, plan)
+    if row is not None:  # the driver writes it to the store, then the record to the manifest
+        record[STORE_ROW] = row
+    return record

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -98,27 +97,22 @@ def export_plain(source: ModelSource, output: Path) -> Path:
 
 
 def export_fp16(onnx_path: Path, output: Path) -> Path:
-    """fp16 copy of an export, inputs and outputs kept float32 (casts at the edges).
-
-    Uses the converter that ships with onnxruntime (``onnxruntime.transformers.float16``).
-    """
+    """fp16 copy of an export, inputs and outputs kept float32 (:func:`attnvis.export.fp16.to_fp16`)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    from attnvis.export.fp16 import PRECISION_KEY, to_fp16
     from attnvis.export.onnx import save_model
+    from attnvis.metadata import ModelMetadata
 
-    model = onnx.load(str(onnx_path))
-    props = {p.key: p.value for p in model.metadata_props}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # it warns about every value clipped to the fp16 range
-        half = convert_float_to_float16(model, keep_io_types=True)
-    del half.metadata_props[:]
-    save_model(half, output, props)
+    half = to_fp16(onnx.load(str(onnx_path)))
+    meta = ModelMetadata.from_props({p.key: p.value for p in half.metadata_props})
+    meta.extra[PRECISION_KEY] = "fp16"
+    save_model(half, output, meta.to_props())
     return output
 
 
 def export_file(kind: str, source: ModelSource, folder: Path, device: str) -> Path:
-    """The file of ``kind`` (``all``, ``cls``, ``plain``, ``fp16``, ``torchscript``), exported once.
+    """The file of ``kind`` (``all``, ``cls``, ``plain``, ``fp16-all|cls|plain``, ``torchscript``), exported once.
 
     Raises:
         ModelError: the export fails (the message says which file).
@@ -134,8 +128,8 @@ def export_file(kind: str, source: ModelSource, folder: Path, device: str) -> Pa
             export_onnx(source, path, reduce="none" if kind == "all" else "cls", validate=False)
         elif kind == "plain":
             export_plain(source, path)
-        elif kind == "fp16":
-            export_fp16(export_file("cls", source, folder, device), path)
+        elif kind.startswith("fp16-"):  # fp16-all, fp16-cls, fp16-plain: converted from the fp32 file
+            export_fp16(export_file(kind.removeprefix("fp16-"), source, folder, device), path)
         else:
             export_torchscript(on_device(source, device), path, reduce="none")
     except ModelError:

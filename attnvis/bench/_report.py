@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -12,6 +13,11 @@ GOALS = (
     ("ort-cls / ort-all, map bytes", "ort-cls", "ort-all", "map_bytes_per_image", 1e-3, "max", ("cpu", "cuda")),
     ("ort-all / ort-plain - 1, latency", "ort-all", "ort-plain", "latency", 0.10, "max", ("cpu", "cuda")),
     ("best ORT vs torch-eager, images/s", "ort-best", "torch-eager", "images_per_s", 1.5, "min", ("cuda",)),
+    # issue 16: the fair baseline (pinned copies once per batch), and in-graph cls close to the plain model
+    ("best ORT vs torch-pinned, images/s", "ort-best", "torch-pinned", "images_per_s", 1.5, "min", ("cuda",)),
+    ("ort-cls / ort-plain, images/s", "ort-cls", "ort-plain", "images_per_s", 0.9, "min", ("cuda",)),
+    ("ort-fp16-cls / ort-fp16-plain, images/s", "ort-fp16-cls", "ort-fp16-plain", "images_per_s", 0.9, "min",
+     ("cuda",)),
 )
 
 
@@ -22,7 +28,7 @@ def _value(row: dict, quantity: str) -> float:
 def _pick(rows: dict[str, dict], name: str) -> dict | None:
     if name != "ort-best":
         return rows.get(name)
-    ort = [r for n, r in rows.items() if n.startswith("ort-") and n != "ort-plain"]
+    ort = [r for n, r in rows.items() if n.startswith("ort-") and not n.endswith("-plain")]
     return max(ort, key=lambda r: r["images_per_s"]) if ort else None
 
 
@@ -93,6 +99,14 @@ def summary_text(result: dict) -> str:
     return "\n".join(parts)
 
 
+def minor_label(value: float) -> str:
+    """A log axis' minor tick label: only 2× and 5× a power of ten, so that labels never overlap."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if round(mantissa, 6) in (2.0, 5.0) else ""
+
+
 def write_plot(result: dict, path: Path) -> Path:
     """images/s by batch size, one line per variant, IQR as error bars."""
     import matplotlib
@@ -116,7 +130,7 @@ def write_plot(result: dict, path: Path) -> Path:
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: minor_label(v)))
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s (median, IQR bars)")
     ax.set_title(f"{result['model']['name']} on {result['config']['device']} [{result['machine']['device_name']}]",

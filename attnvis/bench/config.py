@@ -29,16 +29,24 @@ PRESETS: dict[str, Preset] = {
 
 #: name → (what it measures, file kind it runs, devices it runs on by default)
 VARIANTS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
-    "torch-eager": ("PyTorch eager with capture hooks, all maps", None, ("cpu", "cuda")),
+    "torch-eager": ("PyTorch eager with capture hooks, all maps, each copied to the host", None, ("cpu", "cuda")),
+    "torch-pinned": ("PyTorch eager with hooks, all maps copied once per batch into pinned memory (non_blocking)",
+                     None, ("cuda",)),
+    "torch-pinned-cls": ("PyTorch eager with hooks, cls maps reduced on the device, pinned copies", None, ("cuda",)),
+    "torch-compile": ("torch.compile of the hooked wrapper, all maps, pinned copies", None, ("cuda",)),
+    "torch-compile-cls": ("torch.compile of the hooked wrapper, cls maps, pinned copies", None, ("cuda",)),
     "torchscript": ("TorchScript trace of the same wrapper, all maps", "torchscript", ("cpu", "cuda")),
-    "ort-all": ("ONNX Runtime, all maps as outputs", "all", ("cpu", "cuda")),
-    "ort-cls": ("ONNX Runtime, in-graph cls reduction", "cls", ("cpu", "cuda")),
+    "ort-all": ("ONNX Runtime, all maps as outputs (IO binding on CUDA)", "all", ("cpu", "cuda")),
+    "ort-cls": ("ONNX Runtime, in-graph cls reduction (IO binding on CUDA)", "cls", ("cpu", "cuda")),
     "ort-plain": ("ONNX Runtime, plain model without maps", "plain", ("cpu", "cuda")),
     "ort-iobind-cls": ("ORT IO binding: outputs stay on the device, only cls maps copied", "cls", ("cuda",)),
-    "ort-fp16-cls": ("fp16 export, cls maps, IO binding", "fp16", ("cuda",)),
+    "ort-fp16-all": ("fp16 export, all maps (float32 at the boundary), IO binding", "fp16-all", ("cuda",)),
+    "ort-fp16-cls": ("fp16 export, cls maps, IO binding", "fp16-cls", ("cuda",)),
+    "ort-fp16-plain": ("fp16 export, no maps", "fp16-plain", ("cuda",)),
+    "ort-graph-fp16-cls": ("fp16 export, cls maps, CUDA graphs (one per batch size)", "fp16-cls", ("cuda",)),
 }
 
-_FILE_ORDER = ("all", "cls", "plain", "fp16", "torchscript")  # TorchScript last: it may move the model to CUDA
+_FILE_ORDER = ("all", "cls", "plain", "fp16-all", "fp16-cls", "fp16-plain", "torchscript")  # TorchScript last: it may move the model to CUDA
 
 
 @dataclass

@@ -23,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from attnvis.bench.config import VARIANTS, BenchConfig
+from attnvis.bench.config import _FILE_ORDER, VARIANTS, BenchConfig
 from attnvis.errors import InputError
 from attnvis.runtime.device import torch_device
-
-_FILE_ORDER = ("all", "cls", "plain", "fp16", "torchscript")  # TorchScript last: it may move the model to CUDA
 
 
 # ---------------------------------------------------------------- setup
@@ -168,32 +166,36 @@ def run_benchmark(config: BenchConfig) -> dict:
     """
     import torch
 
+    from attnvis.bench._onnx import is_onnx_file, load_onnx_model, onnx_variants
     from attnvis.bench._report import goal_checks
     from attnvis.bench._variants import check_variants, default_variants
     from attnvis.export.onnx import build_metadata
 
     config.check()
     device = _resolve_device(config.device)
-    variants = list(config.variants or default_variants(device))
+    onnx_model = load_onnx_model(config.model) if is_onnx_file(config.model) else None  # ORT variants only
+    variants = (onnx_variants(onnx_model, config.variants, device) if onnx_model
+                else list(config.variants or default_variants(device)))
     check_variants(variants, device)
     threads = config.threads or _default_threads()
     torch.set_num_threads(threads)
-    source = _load(config)
-    meta = build_metadata(source, "none")
-    shape = tuple(source.example_inputs[0].shape[1:])
+    source = None if onnx_model else _load(config)
+    meta = onnx_model.metadata if onnx_model else build_metadata(source, "none")
+    shape = onnx_model.shape if onnx_model else tuple(source.example_inputs[0].shape[1:])
     with tempfile.TemporaryDirectory(prefix="attnvis-bench-") as tmp:
         folder = _cache_folder(config) if config.cache else Path(tmp)
-        files = _files(config, source, variants, device, folder)
+        files = {onnx_model.kind: onnx_model.path} if onnx_model else _files(config, source, variants, device, folder)
         built = _build_all(variants, files, source, device, threads, len(meta.model_outputs),
                            max(config.batch_sizes), shape)
         rows = []
         for batch in config.batch_sizes:
             _say(f"batch {batch}: {len(variants)} variants × {config.repeats} interleaved runs")
             rows += _measure_batch(built, batch, shape, config, device)
-    numba = _numba(meta, source) if config.render else {}
+    numba = _numba(meta) if config.render else {}
     return {
         "config": {**dataclasses.asdict(config), "device": device, "threads": threads, "variants": variants},
-        "machine": _machine(device, threads), "model": _model_info(source, meta, shape),
+        "machine": _machine(device, threads),
+        "model": onnx_model.info() if onnx_model else _model_info(source, meta, shape),
         "variants": {n: {"description": VARIANTS[n][0], "provider": b.runner.provider, "setup_s": b.setup_s}
                      for n, b in built.items()},
         "rows": rows, "checks": goal_checks(rows, device), "numba": numba,
@@ -206,11 +208,11 @@ def _model_info(source, meta, shape) -> dict:
             "parameters": sum(p.numel() for p in source.model.parameters())}
 
 
-def _numba(meta, source) -> dict:
+def _numba(meta) -> dict:
     from attnvis.bench._measure import numba_timing
 
     grid = meta.tokens.grid or (14, 14)
-    size = source.preprocess.size if source.preprocess else (224, 224)
+    size = meta.preprocess.size if meta.preprocess else (224, 224)
     return numba_timing(tuple(grid), tuple(size))
 
 

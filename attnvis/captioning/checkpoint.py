@@ -32,7 +32,9 @@ def read_infos(infos_path: str | Path) -> tuple[AoAConfig, dict[str, str], Any]:
         with path.open("rb") as f:
             infos = pickle.load(f, encoding="latin-1")  # Python 2-era pickles
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"cannot read infos pickle {path}: {exc}") from exc
+        raise InputError(f"--infos_path {path} is not a readable pickle ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no details'}); give the infos_*.pkl that "
+                         "the AoANet training code wrote beside model.pth") from None
     if not isinstance(infos, dict) or "opt" not in infos or "vocab" not in infos:
         raise ModelError(f"{path} is not an AoANet infos file: it needs 'opt' and 'vocab' entries")
     vocab = {str(k): str(v) for k, v in infos["vocab"].items()}

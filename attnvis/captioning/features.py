@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +93,10 @@ def reference_resnet(weights_path: str | Path, depth: int = 101):
             raise InputError(f"backbone weights not found: {path} (a local resnet{depth} .pth; nothing is downloaded)")
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, OSError, pickle.UnpicklingError) as exc:
-            raise ModelError(f"{path} is not a resnet{depth} state dict: {str(exc).splitlines()[0]}") from exc
+        except Exception as exc:  # noqa: BLE001 - torch.load and load_state_dict fail in many ways on a wrong file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"--backbone-weights {path} is not a torchvision resnet{depth} state dict ({first}); "
+                             f"give the .pth of torchvision.models.resnet{depth}") from None
     return net.eval()
 
 

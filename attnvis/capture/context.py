@@ -59,20 +59,28 @@ def _track_stack(model: nn.Module, recorder: Recorder, matched: set[str]) -> lis
 
 
 @contextlib.contextmanager
-def capture_attention(model: nn.Module, module_types: tuple[type, ...] | None = None) -> Iterator[Recorder]:
+def capture_attention(model: nn.Module, module_types: tuple[type, ...] | None = None,
+                      query: int | None = None) -> Iterator[Recorder]:
     """Record every attention layer's softmax weights while the block runs.
 
     Args:
         model: any ``nn.Module``; it is left as it was when the block exits.
         module_types: restrict capture to these module classes (the SDPA
             interception is then off); ``None`` uses every registered adapter.
+        query: record only this query's row of each layer, (B, heads, 1, K).
+            Where the weights come from q and k (SDPA, timm, Hugging Face
+            SDPA attention, ``nn.MultiheadAttention``), the row is computed
+            alone and the model's own attention keeps its fused path, so no
+            (Q, K) matrix is made for the capture.
 
     Yields:
         The recorder; after each forward, ``recorder.weights[i]`` is layer
         ``i``'s weights shaped (B, heads, Q, K) and ``recorder.layers[i]`` its
         :class:`~attnvis.metadata.LayerInfo`.
     """
-    recorder = Recorder()
+    if query is not None and module_types is not None:
+        raise ValueError("capture_attention: query rows need the SDPA interception, which module_types turns off")
+    recorder = Recorder(query=query)
     matched = _matched_modules(model, module_types)
     handles: list = []
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -81,7 +89,8 @@ def capture_attention(model: nn.Module, module_types: tuple[type, ...] | None = 
         torch.backends.mha.set_fastpath_enabled(False)
         for path, module, adapter in matched:
             handles.extend(adapter.attach(module, path, recorder))
-        handles.extend(_track_stack(model, recorder, {p for p, _, _ in matched}))
+        recording = {p for p, _, _ in matched if p not in recorder.delegated}  # their SDPA calls are not recorded again
+        handles.extend(_track_stack(model, recorder, recording))
         with contextlib.ExitStack() as stack:
             if module_types is None:
                 for adapter in registry.context_adapters():

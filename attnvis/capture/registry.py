@@ -47,20 +47,40 @@ class Recorder:
     ``suppress`` counts the module-level adapters currently running, so that a
     function-level capture (SDPA) inside an already captured module is not
     recorded twice.
+
+    With ``query`` set, only that query's row of each layer is kept,
+    (B, heads, 1, K): adapters that can compute the row alone (from q and k,
+    leaving the model's own attention on its fused path) record it with
+    ``q_len``; full weights recorded otherwise are cut to the row. A module
+    adapter that lets the SDPA interception record its row instead lists its
+    path in ``delegated`` (path → module type) while attaching.
     """
 
     weights: list[torch.Tensor] = field(default_factory=list)
     layers: list[LayerInfo] = field(default_factory=list)
     module_stack: list[str] = field(default_factory=list)
     suppress: int = 0
+    query: int | None = None
+    delegated: dict[str, str] = field(default_factory=dict)
 
-    def record(self, path: str, weights: torch.Tensor, kind: str | None = None, module_type: str = "") -> None:
-        """Append one layer's weights, shaped (B, heads, Q, K) or (B, Q, K)."""
+    def record(self, path: str, weights: torch.Tensor, kind: str | None = None, module_type: str = "",
+               q_len: int | None = None) -> None:
+        """Append one layer's weights, (B, heads, Q, K) or (B, Q, K).
+
+        ``q_len``: the layer's query length when ``weights`` is already the
+        row of :attr:`query` (B, heads, 1, K); ``None`` for full weights.
+        """
         if weights.dim() == 3:  # single-head modules: add the heads axis
             weights = weights.unsqueeze(1)
         if weights.dim() != 4:
             raise ValueError(f"attention weights from {path!r} have shape {tuple(weights.shape)}; expected (B, heads, Q, K)")
-        _, heads, q_len, k_len = weights.shape
+        if q_len is None:
+            q_len = weights.size(2)
+            if self.query is not None:
+                if self.query >= q_len:
+                    raise ValueError(f"attention weights from {path!r} have {q_len} queries; there is no row {self.query}")
+                weights = weights[:, :, self.query:self.query + 1]  # (B, heads, 1, K)
+        _, heads, _, k_len = weights.shape
         if kind is None:
             kind = "self" if q_len == k_len else "cross"
         self.weights.append(weights)

@@ -1,7 +1,7 @@
 """The ``attnvis`` console script: the only place argparse lives.
 
 One module per command (``visualize``, ``export``, ``demo``, ``batch``,
-``bench``), each with ``add_parser(subparsers)`` and ``run(args)``; the
+``render``, ``bench``), each with ``add_parser(subparsers)`` and ``run(args)``; the
 argument groups they share are in :mod:`attnvis.cli._args`. Commands parse,
 call the library and print; the work is in the library.
 """
@@ -9,12 +9,13 @@ call the library and print; the work is in the library.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from attnvis.errors import AttnvisError
 
-_COMMANDS = ("visualize", "export", "demo", "batch", "bench")
+_COMMANDS = ("visualize", "export", "demo", "batch", "render", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input → one line on stderr and a non-zero exit, never a traceback."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. for batch's --resume hint
     try:
         return args.func(args)
     except AttnvisError as err:
@@ -49,11 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return 141  # 128 + SIGPIPE, the status a shell reports for a tool killed by the closed pipe
     except OSError as err:  # disk full, permissions on the output folder
-        print(f"attnvis: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        print(f"attnvis: error: {_os_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("attnvis: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error(err: OSError) -> str:
+    """One line naming the file and what to do; a full disk is said in words."""
+    where = f"{err.filename}: " if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (f"{where}no space left on device: the disk is full; free some space and run the command again "
+                "(attnvis batch: add --resume to keep the images already done)")
+    return f"{where}{err.strerror or err}"
 
 
 def _missing_extra(err: ModuleNotFoundError):

@@ -22,6 +22,8 @@ def add_model_args(p: argparse.ArgumentParser, *, onnx_ok: bool = True) -> None:
     p.add_argument("--model", default=None, help=f"{what}'default' (embedded tiny ViT; also when omitted), a Hugging Face "
                    "model directory, timm:NAME, torchvision:NAME, package.module:factory, or an AoANet model.pth with --infos_path")
     p.add_argument("--weights", default=None, help="local weights file for timm:NAME / torchvision:NAME (nothing is downloaded)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="run timm:NAME / torchvision:NAME with random weights (tests, benchmarks); without it --weights is needed")
     p.add_argument("--infos_path", default=None, help="AoANet infos.pkl (a pickle: only give files you trust)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA if usable, else CPU; cuda: fail if not usable")
     p.add_argument("--backend", default="ort", choices=BACKENDS, help="ONNX Runtime (default) or eager PyTorch")
@@ -39,6 +41,27 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--colormap", default=_VIS.colormap, choices=COLORMAPS, help="colormap of the heatmaps")
     p.add_argument("--alpha", type=float, default=_VIS.alpha, help="heatmap weight in the overlay, in [0, 1]")
     p.add_argument("--format", default=_VIS.format, choices=FORMATS, help="image format (png is lossless)")
+
+
+def add_figure_args(p: argparse.ArgumentParser) -> None:
+    """``visualize``'s figures beside the per-layer files (:class:`attnvis.visualize.FigureOptions`)."""
+    from attnvis.visualize import HEAD_FUSIONS, FigureOptions
+
+    d = FigureOptions()
+    p.add_argument("--rollout", action="store_true", help="also write attention_rollout.png (attention rollout over all layers)")
+    p.add_argument("--discard-ratio", type=float, default=d.discard_ratio,
+                   help="rollout: share of each row's weakest weights dropped, in [0, 1)")
+    p.add_argument("--head-fusion", default=d.head_fusion, choices=HEAD_FUSIONS, help="rollout: how heads are fused")
+    p.add_argument("--contact-sheet", action="store_true", help="also write contact_sheet.png (layers x heads)")
+    p.add_argument("--gif", action="store_true", help="also write layers.gif (one frame per layer)")
+
+
+def add_max_pixels(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels``, one default for ``visualize`` and ``batch``."""
+    from attnvis.runtime.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images, checked on the header before decoding (default {DEFAULT_MAX_PIXELS:,})")
 
 
 def add_caption_args(p: argparse.ArgumentParser) -> None:

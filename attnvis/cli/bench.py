@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     d = BenchConfig()
     model = p.add_mutually_exclusive_group()
     model.add_argument("--model", default=d.model, help="'default', a Hugging Face model directory, timm:NAME, "
-                       "torchvision:NAME or package.module:factory (with --input-shape)")
+                       "torchvision:NAME, package.module:factory (with --input-shape), or an .onnx file with attnvis "
+                       "metadata (e.g. instrumented by attnvis export): its ORT variants only, no PyTorch source")
     model.add_argument("--preset", default=d.preset, choices=tuple(PRESETS),
                        help="a random-weight timm ViT, no file needed: " + "; ".join(f"{k}: {v.note}" for k, v in PRESETS.items()))
     p.add_argument("--batch-sizes", type=int_list, default=d.batch_sizes, help="comma-separated (default 1,8,32)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from attnvis.cli._args import add_model_args, pair
+from attnvis.errors import InputError
 from attnvis.metadata import REDUCTIONS
 
 
@@ -18,38 +20,108 @@ def add_parser(sub) -> None:
     p.add_argument("--image-size", default=None, help="HxW input size for models with dynamic image size")
     p.add_argument("--grid", default=None, help="HxW patch grid for a factory model that does not declare it")
     p.add_argument("--prefix-tokens", type=int, default=0, help="tokens before the patches (with --grid)")
+    p.add_argument("--mean", default=None, help="R,G,B normalization mean, for an ONNX file made elsewhere (default 0,0,0)")
+    p.add_argument("--std", default=None, help="R,G,B normalization std, for an ONNX file made elsewhere (default 1,1,1)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the ORT-vs-PyTorch check")
+    p.add_argument("--fp16", action="store_true", help="half-precision graph, float32 inputs and maps; "
+                   "checked against the fp32 export (maps within 2e-3)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from attnvis._optional import check
 
+    if args.model and Path(args.model).suffix.lower() == ".onnx":
+        return instrument(args)  # an ONNX file made elsewhere: no torch needed
     check("torch", "onnxscript", what="attnvis export")
+    if args.fp16 and (args.format == "torchscript" or args.infos_path):
+        from attnvis.errors import InputError
+
+        raise InputError("--fp16 converts an ONNX export; it does not apply to --format torchscript or AoANet (--infos_path)")
     if args.infos_path:
         from attnvis.captioning.export import export_aoanet
 
         for path in export_aoanet(args.model, args.infos_path, args.output or "aoanet_onnx", validate=args.validate):
             print(f"wrote {path}")
         return 0
+    from attnvis.captioning.kinds import is_captioner_dir
+
+    if args.model and is_captioner_dir(args.model):
+        return run_captioner(args)
     from attnvis.export import export_onnx, export_torchscript
     from attnvis.metadata import TokenLayout
     from attnvis.sources import load_source
 
+    _file_output(args.output)
     tokens = None
     if args.grid:
         h, w = pair(args.grid, "--grid")
         tokens = TokenLayout(prefix_tokens=args.prefix_tokens, grid=(h, w), cls_index=0 if args.prefix_tokens else None)
-    source = load_source(args.model, weights=args.weights, input_shape=args.input_shape,
+    source = load_source(args.model, weights=args.weights, random_weights=args.random_weights, input_shape=args.input_shape,
                          image_size=pair(args.image_size, "--image-size") if args.image_size else None, tokens=tokens)
     if args.format == "torchscript":
         path = export_torchscript(source, args.output or "model.pt", reduce=args.reduce)
         print(f"wrote {path} (TorchScript)")
         return 0
-    report = export_onnx(source, args.output or "model.onnx", reduce=args.reduce, validate=args.validate)
+    report = export_onnx(source, args.output or "model.onnx", reduce=args.reduce, validate=args.validate,
+                         fp16=args.fp16)
+    meta = report.metadata
+    print(f"wrote {report.path}: {len(meta.layers)} attention layers, tokens {meta.tokens.prefix_tokens} prefix + "
+          f"grid {meta.tokens.grid}, reduction {meta.reduction}{', fp16' if args.fp16 else ''}, {report.seconds:.1f} s")
+    if report.diffs:
+        print(report.table())
+    return 0
+
+
+def triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    """``"0.5,0.5,0.5"`` → ``(0.5, 0.5, 0.5)``; an error naming ``flag`` otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise InputError(f"{flag} {text!r} is not three comma-separated numbers R,G,B, e.g. 0.485,0.456,0.406")
+    return values
+
+
+def instrument(args: argparse.Namespace) -> int:
+    """``attnvis export --model foreign.onnx``: add the attention outputs and metadata to an ONNX file made elsewhere."""
+    from attnvis.export.foreign import ForeignOptions, instrument_onnx
+
+    if args.format != "onnx" or args.infos_path or args.input_shape or getattr(args, "fp16", False):
+        raise InputError(f"--model {args.model} is an ONNX file: only --output, --reduce, --image-size, --grid, "
+                         "--prefix-tokens, --mean, --std and --no-validate apply to it")
+    defaults = ForeignOptions()
+    options = ForeignOptions(
+        image_size=pair(args.image_size, "--image-size") if args.image_size else None,
+        grid=pair(args.grid, "--grid") if args.grid else None, prefix_tokens=args.prefix_tokens,
+        mean=triple(args.mean, "--mean") or defaults.mean, std=triple(args.std, "--std") or defaults.std,
+        reduce=args.reduce)
+    report = instrument_onnx(args.model, args.output or "model.onnx", options, validate=args.validate)
     meta = report.metadata
     print(f"wrote {report.path}: {len(meta.layers)} attention layers, tokens {meta.tokens.prefix_tokens} prefix + "
           f"grid {meta.tokens.grid}, reduction {meta.reduction}, {report.seconds:.1f} s")
     if report.diffs:
         print(report.table())
+    return 0
+
+
+def _file_output(output: str | None) -> None:
+    """``--output`` names a file here: an existing folder is refused before the export's minutes of work."""
+    from attnvis.errors import InputError
+
+    if output and Path(output).is_dir():
+        raise InputError(f"--output {output} is a folder; give the file to write, e.g. {Path(output) / 'model.onnx'}")
+
+
+def run_captioner(args: argparse.Namespace) -> int:
+    """A Hugging Face captioner directory → ``encoder.onnx`` + ``decoder_step.onnx`` (KV cache, maps as outputs)."""
+    from attnvis.captioning.hf import load_hf_captioner
+    from attnvis.captioning.hf_export import export_hf_captioner
+
+    model = load_hf_captioner(args.model, device="cpu")
+    for path in export_hf_captioner(model, args.output or "captioner_onnx", validate=args.validate):
+        print(f"wrote {path}")
     return 0

@@ -12,7 +12,6 @@ import contextlib
 import io
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,41 +19,18 @@ import onnx
 import torch
 
 from attnvis.errors import ModelError
-from attnvis.capture.context import capture_attention
 from attnvis.metadata import ModelMetadata
 from attnvis.sources import ModelSource
-from attnvis.export.wrapper import AttentionOutputs, probe
+from attnvis.export.wrapper import AttentionOutputs, capture_for, probe
 from attnvis.render.writers import write_bytes_atomic
+from attnvis.export.report import MAP_TOLERANCE, OUTPUT_TOLERANCE, ExportReport, save_model  # noqa: F401 - re-exported
 
 OPSET = 20
-MAP_TOLERANCE = 1e-5
-OUTPUT_TOLERANCE = 1e-4
-_PROTOBUF_LIMIT = 2**31
-
-
-@dataclass
-class ExportReport:
-    """What :func:`export_onnx` did: the file, its metadata, the check it passed."""
-
-    path: Path
-    metadata: ModelMetadata
-    seconds: float
-    diffs: list[tuple[str, float, float]] = field(default_factory=list)  # (output, max |ORT - torch|, tolerance)
-
-    def table(self) -> str:
-        rows = [f"{'output':<24} {'max abs diff':>13} {'tolerance':>10}  ok"]
-        for name, diff, tol in self.diffs:
-            rows.append(f"{name:<24} {diff:>13.3e} {tol:>10.0e}  {'yes' if diff <= tol else 'NO'}")
-        return "\n".join(rows)
-
-    @property
-    def ok(self) -> bool:
-        return all(diff <= tol for _, diff, tol in self.diffs)
 
 
 def build_metadata(source: ModelSource, reduction: str) -> ModelMetadata:
     """Probe the model once to name its outputs and layers."""
-    output_names, layers = probe(source.model, source.example_inputs)
+    output_names, layers = probe(source.model, source.example_inputs, reduction, source.tokens)
     return ModelMetadata(layers=layers, tokens=source.tokens, preprocess=source.preprocess, reduction=reduction,
                          input_name=source.input_name, model_outputs=output_names, source=source.name,
                          extra=dict(source.extra))
@@ -72,7 +48,7 @@ def _trace(source: ModelSource, meta: ModelMetadata) -> onnx.ModelProto:
     names = source.input_names()
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in names)
-    with capture_attention(source.model) as recorder, quiet_export():
+    with capture_for(source.model, meta.reduction, meta.tokens) as recorder, quiet_export():
         wrapper = AttentionOutputs(source.model, recorder, meta.tokens, meta.reduction).eval()
         program = torch.onnx.export(wrapper, source.example_inputs, dynamo=True, opset_version=OPSET,
                                     input_names=names, output_names=meta.model_outputs + meta.attn_outputs,
@@ -88,23 +64,17 @@ def _check_outputs(proto: onnx.ModelProto, meta: ModelMetadata) -> None:
                          "(an attention module whose weights do not reach the output?)")
 
 
-def save_model(proto: onnx.ModelProto, output: Path, props: dict[str, str]) -> None:
-    """Write ``proto`` with ``props`` as metadata: temporary name, then rename."""
-    onnx.helper.set_model_props(proto, props)
-    if proto.ByteSize() >= _PROTOBUF_LIMIT:
-        raise ModelError(f"{output}: the model is over 2 GB and cannot be stored in one ONNX file")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(output, proto.SerializeToString())
-
-
-def export_onnx(source: ModelSource, output: str | Path, reduce: str = "none", validate: bool = True) -> ExportReport:
+def export_onnx(source: ModelSource, output: str | Path, reduce: str = "none", validate: bool = True,
+                fp16: bool = False) -> ExportReport:
     """Export ``source`` to ``output`` with every attention layer as an output.
 
     Args:
         source: the model and its layout (see :func:`attnvis.sources.load_source`).
         output: the ``.onnx`` path to write.
         reduce: in-graph reduction, ``none`` | ``mean-heads`` | ``cls``.
-        validate: compare ONNX Runtime against eager PyTorch on the example batch.
+        validate: compare ONNX Runtime against eager PyTorch on the example batch
+            (and, with ``fp16``, the fp16 file against the fp32 one: :mod:`attnvis.export.fp16`).
+        fp16: write the graph in half precision, inputs and outputs kept float32.
 
     Raises:
         ModelError: no attention captured, outputs dropped, or validation past tolerance.
@@ -114,18 +84,46 @@ def export_onnx(source: ModelSource, output: str | Path, reduce: str = "none", v
     meta = build_metadata(source, reduce)
     proto = _trace(source, meta)
     _check_outputs(proto, meta)
-    save_model(proto, output, meta.to_props())
+    fp32 = output.with_name(f".{output.name}.fp32.onnx") if fp16 else output
+    save_model(proto, fp32, meta.to_props())
     report = ExportReport(output, meta, time.perf_counter() - start)
-    if validate:
-        report.diffs = compare_with_torch(output, source, meta)
-        if not report.ok:
-            raise ModelError(f"{output}: ONNX Runtime disagrees with PyTorch past tolerance\n{report.table()}")
+    try:
+        if validate:
+            report.diffs = compare_with_torch(fp32, source, meta)
+            if not report.ok:
+                raise ModelError(f"{output}: ONNX Runtime disagrees with PyTorch past tolerance\n{report.table()}")
+        if fp16:
+            report.diffs += _save_fp16(proto, fp32, output, source, meta, validate)
+    finally:
+        if fp16:
+            fp32.unlink(missing_ok=True)
+    report.seconds = time.perf_counter() - start
     return report
+
+
+def _save_fp16(proto: onnx.ModelProto, fp32: Path, output: Path, source: ModelSource, meta: ModelMetadata,
+               validate: bool) -> list[tuple[str, float, float]]:
+    """Convert to fp16, write ``output`` (and nothing on failure), check it against the fp32 file."""
+    from attnvis.export.fp16 import PRECISION_KEY, compare_fp16, to_fp16
+
+    meta.extra[PRECISION_KEY] = "fp16"
+    save_model(to_fp16(proto), output, meta.to_props())
+    if not validate:
+        return []
+    feeds = {name: t.numpy() for name, t in zip(source.input_names(), source.example_inputs)}
+    diffs = compare_fp16(fp32, output, feeds)
+    failed = [d for d in diffs if d[1] > d[2]]
+    if failed:
+        output.unlink(missing_ok=True)
+        table = ExportReport(output, meta, 0.0, diffs).table()
+        raise ModelError(f"{output}: the fp16 graph disagrees with the fp32 one past tolerance; export without --fp16"
+                         f"\n{table}")
+    return diffs
 
 
 def torch_outputs(source: ModelSource, meta: ModelMetadata, inputs: tuple) -> list[np.ndarray]:
     """Eager PyTorch outputs of the exported wrapper (the reference)."""
-    with capture_attention(source.model) as recorder, torch.no_grad():
+    with capture_for(source.model, meta.reduction, meta.tokens) as recorder, torch.no_grad():
         wrapper = AttentionOutputs(source.model, recorder, meta.tokens, meta.reduction)
         return [t.detach().cpu().numpy() for t in wrapper(*inputs)]
 
@@ -148,7 +146,7 @@ def export_torchscript(source: ModelSource, output: str | Path, reduce: str = "n
     """The same wrapper traced with ``torch.jit.trace`` (the PyTorch-side benchmark uses it)."""
     output = Path(output)
     meta = build_metadata(source, reduce)
-    with capture_attention(source.model) as recorder, warnings.catch_warnings():
+    with capture_for(source.model, meta.reduction, meta.tokens) as recorder, warnings.catch_warnings():
         # TorchScript is deprecated upstream; it stays the fairest "compiled PyTorch" baseline here.
         warnings.simplefilter("ignore")
         wrapper = AttentionOutputs(source.model, recorder, meta.tokens, meta.reduction).eval()

@@ -9,6 +9,8 @@ Public API:
 - :func:`render_heatmap`, :func:`render_regions`, :func:`region_values`.
 - :class:`Scale`, :func:`global_scale` — normalization per image or over many maps.
 - :func:`attention_grid`, :func:`attention_grids`, :func:`head_grids` — captured maps → grid.
+- :func:`stitch_windows`, :func:`window_grid`, :func:`window_head_grids` — a windowed block's maps
+  (Swin) → one grid at its stage's resolution.
 - :data:`COLORMAPS`, :func:`colormap_table`.
 - :data:`FORMATS`, :func:`encode_image`, :func:`write_image`.
 - :func:`attention_rollout`, :func:`threshold_mask`.
@@ -32,6 +34,9 @@ _LAZY = {
     "attention_grid": "attnvis.render.grid",
     "attention_grids": "attnvis.render.grid",
     "head_grids": "attnvis.render.grid",
+    "stitch_windows": "attnvis.render.windows",
+    "window_grid": "attnvis.render.windows",
+    "window_head_grids": "attnvis.render.windows",
     "FORMATS": "attnvis.render.writers",
     "encode_image": "attnvis.render.writers",
     "write_image": "attnvis.render.writers",

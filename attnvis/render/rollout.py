@@ -121,3 +121,30 @@ def threshold_mask(values: np.ndarray, keep: float = 0.6) -> np.ndarray:
     mask[order] = mass_before < keep * flat.sum()
     mask &= flat > 0
     return mask.reshape(values.shape)
+
+
+def rollout_row(maps: Sequence[np.ndarray], tokens, head_fusion: str = "mean") -> np.ndarray:
+    """The row of :func:`attention_rollout` that is drawn, without computing the whole [T, T] product.
+
+    The CLS row of ``Â_L · … · Â_1`` is ``e_cls · Â_L · … · Â_1``: a vector
+    times each layer's matrix, T² work per layer instead of T³ (for a model
+    without CLS, the mean over query rows: the uniform vector instead).
+
+    Args:
+        maps: per layer ``[heads, T, T]`` or ``[T, T]`` for one image.
+        tokens: the model's :class:`attnvis.metadata.TokenLayout`.
+        head_fusion: as :func:`attention_rollout` (no discarding).
+
+    Returns:
+        float32 [T - prefix]: the prefix columns dropped, reshapeable to the patch grid.
+    """
+    _check_rollout_args(maps, head_fusion, 0.0)
+    size = np.shape(maps[0])[-1]
+    vector = np.full(size, 1.0 / size)
+    if tokens.cls_index is not None:
+        vector = np.zeros(size)
+        vector[tokens.cls_index] = 1.0
+    for layer in reversed(maps):  # later layers multiply from the left: the vector meets them first
+        fused = _fuse(layer, head_fusion) + np.eye(size)
+        vector = vector @ (fused / fused.sum(axis=-1, keepdims=True))
+    return vector[tokens.prefix_tokens:].astype(np.float32)

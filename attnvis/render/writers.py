@@ -162,7 +162,10 @@ def write_atomic(path: str, data) -> None:
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
     # O_EXCL: never clobber; 0o666 & umask: the same permissions as a plain open() (mkstemp gives 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:
+        raise _naming(err, path) from None
     try:
         try:
             view = memoryview(data).cast("B")
@@ -171,10 +174,17 @@ def write_atomic(path: str, data) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # os.write names no file: say which one it was
+            raise _naming(err, path) from None
         raise
+
+
+def _naming(err: OSError, path: str) -> OSError:
+    """The same error (same subclass, errno and message) naming ``path``."""
+    return type(err)(err.errno, err.strerror, err.filename or path) if err.errno else err
 
 
 def write_image(

@@ -46,15 +46,30 @@ def _driver_present() -> bool:
     return True
 
 
-def ort_providers(device: str) -> list[str]:
-    """The providers to ask ONNX Runtime for.
+def cuda_options(cuda_graph: bool = False) -> dict[str, str]:
+    """The CUDA execution provider's options: device 0, and CUDA graphs when asked for.
+
+    With ``enable_cuda_graph`` ORT records the launches of a run once and replays
+    them; every input and output must then be bound to fixed device buffers
+    (see :mod:`attnvis.runtime._iobind`) and every node must run on CUDA.
+    """
+    options = {"device_id": "0"}
+    if cuda_graph:
+        options["enable_cuda_graph"] = "1"
+    return options
+
+
+def ort_providers(device: str, cuda_graph: bool = False) -> list:
+    """The providers to ask ONNX Runtime for (CUDA as ``(name, options)``).
 
     Raises:
-        InputError: an unknown device.
+        InputError: an unknown device, or CUDA graphs without ``cuda``.
         DeviceError: ``cuda`` where the CUDA provider cannot load.
     """
     import onnxruntime as ort
 
+    if cuda_graph and device != "cuda":
+        raise InputError(f"CUDA graphs run on --device cuda only, not {device!r}")
     if check_device(device) == "cpu":
         return [CPU]
     usable = CUDA in ort.get_available_providers() and _driver_present()
@@ -63,14 +78,14 @@ def ort_providers(device: str) -> list[str]:
     if not usable:
         return [CPU]
     ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported by us, once
-    return [CUDA, CPU]
+    return [(CUDA, cuda_options(cuda_graph)), CPU]
 
 
-def ort_session(path: str | Path, device: str = "auto", options=None):
+def ort_session(path: str | Path, device: str = "auto", options=None, cuda_graph: bool = False):
     """An ``onnxruntime.InferenceSession`` on ``device``, checked with ``get_providers()``.
 
     Raises:
-        InputError: the file is missing.
+        InputError: the file is missing, or CUDA graphs without ``cuda``.
         ModelError: ONNX Runtime cannot load it.
         DeviceError: ``cuda`` asked for and the session does not run on it.
     """
@@ -79,7 +94,7 @@ def ort_session(path: str | Path, device: str = "auto", options=None):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
-    providers = ort_providers(device)
+    providers = ort_providers(device, cuda_graph)
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # ORT raises its own exception types for corrupt files

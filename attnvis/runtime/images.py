@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,13 @@ from PIL import Image
 from attnvis.errors import InputError
 from attnvis.metadata import Preprocess
 
+DEFAULT_MAX_PIXELS = 40_000_000  # ~8K × 5K: its overlays and heatmaps alone take ~1 GB in flight
+
+# PIL modes whose pixels OpenCV turns into 8-bit colour faithfully: bilevel, grey (8/16-bit),
+# palette, colour with or without alpha, CMYK and YCbCr JPEG.
+SUPPORTED_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
+                             "I;16", "I;16B", "I;16L", "I;16N"})
+_MODE_NAMES = {"F": "32-bit float", "I": "32-bit integer", "LAB": "Lab colour", "HSV": "HSV colour"}
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
 
@@ -29,8 +38,49 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3), with one clear error if it cannot be."""
+def probe(data: bytes, name: str, max_pixels: int) -> str:
+    """Check an encoded image's header; return its format name.
+
+    Raises:
+        InputError: empty file, not an image, unsupported pixel mode, or more
+            than ``max_pixels`` pixels. The message is one line.
+    """
+    from PIL import UnidentifiedImageError
+
+    if not data:
+        raise InputError(f"{name}: the file is empty (0 bytes)")
+    try:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and max_pixels > 2 * limit:  # PIL refuses past twice its limit: the user raised ours
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        with Image.open(io.BytesIO(data)) as im:  # header only: no pixel is decoded here
+            fmt, mode, (width, height) = im.format or "image", im.mode, im.size
+    except Image.DecompressionBombError as err:
+        raise InputError(f"{name}: {_bomb(err)} (a decompression bomb?), over --max-pixels {max_pixels:,}; "
+                         "raise --max-pixels only for a file you trust") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image in a format PIL/OpenCV can read (PNG, JPEG, WebP, BMP, TIFF, GIF)") from None
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's header parsers raise these on garbage
+        raise InputError(f"{name}: unreadable image header ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if width * height > max_pixels:
+        raise InputError(f"{name}: {width}x{height} = {width * height:,} pixels is over --max-pixels {max_pixels:,}; raise --max-pixels to render it")
+    if mode not in SUPPORTED_MODES:
+        raise InputError(f"{name}: unsupported pixel mode {mode} ({_MODE_NAMES.get(mode, 'no 8-bit colour conversion')}); convert it to 8-bit RGB")
+    return fmt
+
+
+def _bomb(err: Exception) -> str:
+    """What a ``DecompressionBombError`` says the header declares, in words."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    return f"the header declares {int(found.group(1)):,} pixels" if found else "the header declares an enormous image"
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3), with one clear error if it cannot be.
+
+    The header is checked first (:func:`probe`): an image of more than
+    ``max_pixels`` pixels is refused before a byte of it is decoded.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -38,6 +88,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise InputError(f"image not found: {path}") from None
     except (IsADirectoryError, PermissionError) as err:
         raise InputError(f"cannot read image {path}: {err.strerror}") from None
+    probe(data, str(path), max_pixels)
     return decode_image(data, str(path))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -52,7 +54,8 @@ def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def exported_path(spec: str | None, *, weights: str | None = None, reduce: str = "none", image_size=None) -> Path:
+def exported_path(spec: str | None, *, weights: str | None = None, reduce: str = "none", image_size=None,
+                  random_weights: bool = False) -> Path:
     """The cached ONNX export of ``spec``, made (and validated) on first use.
 
     PyTorch is imported only to export: a cached model (and the embedded default
@@ -63,13 +66,69 @@ def exported_path(spec: str | None, *, weights: str | None = None, reduce: str =
 
         return default_onnx_path()  # shipped with the package: no PyTorch needed
     path = cache_dir() / "onnx" / f"{_cache_key(spec, weights, reduce, image_size)}.onnx"
+    if path.exists() and not _verified(path):
+        path.unlink()  # truncated by a crash, or written by a run that failed its validation: rebuild it
     if not path.exists():
         from attnvis.export.onnx import export_onnx
         from attnvis.sources import load_source
 
-        source = load_source(spec, weights=weights, image_size=image_size)
+        sweep_stale_temporaries(path.parent)
+        source = load_source(spec, weights=weights, image_size=image_size, random_weights=random_weights)
         export_onnx(source, path, reduce=reduce, validate=True)
+        _seal(path)
     return path
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seal(path: Path) -> None:
+    """Record the SHA-256 of a validated cache entry beside it (``NAME.onnx.sha256``)."""
+    from attnvis.render.writers import write_bytes_atomic
+
+    write_bytes_atomic(path.with_name(path.name + ".sha256"), _digest(path).encode())
+
+
+def _verified(path: Path) -> bool:
+    """Whether a cache entry is whole: its SHA-256 equals the one recorded when it was validated."""
+    seal = path.with_name(path.name + ".sha256")
+    try:
+        return seal.read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def sweep_stale_temporaries(folder: Path, older_than_s: float = 600.0) -> int:
+    """Remove temporary files (``.NAME.HEX.tmp``) that a killed export left in ``folder``; return how many.
+
+    Only files untouched for ``older_than_s``: a temporary file is written in one go, so one that
+    old belongs to no running export.
+    """
+    removed, now = 0, time.time()
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+def _refuse_torchscript(spec: str | None) -> None:
+    """A TorchScript file from ``attnvis export --format torchscript`` is for PyTorch-side benchmarks, not a model spec."""
+    import zipfile
+
+    if not spec or not Path(spec).is_file() or not zipfile.is_zipfile(spec):
+        return
+    with zipfile.ZipFile(spec) as archive:
+        scripted = any("/code/" in name for name in archive.namelist())
+    if scripted:
+        raise InputError(f"--model {spec} is a TorchScript module (attnvis export --format torchscript); give the "
+                         "ONNX export (attnvis export --model M --output model.onnx) or the model spec it was made from")
 
 
 def open_model(
@@ -81,6 +140,7 @@ def open_model(
     reduce: str = "none",
     threads: int | None = None,
     image_size: tuple[int, int] | None = None,
+    random_weights: bool = False,
 ) -> "OrtSession | TorchSession":
     """Open ``spec`` (``.onnx`` file, ``default``, HF dir, ``timm:NAME``, ...) on a backend.
 
@@ -89,6 +149,7 @@ def open_model(
     """
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    _refuse_torchscript(spec)
     is_onnx = spec is not None and spec.lower().endswith(".onnx")
     if is_onnx and backend == "torch":
         raise InputError(f"--backend torch needs a PyTorch model, not the ONNX file {spec}")
@@ -98,5 +159,7 @@ def open_model(
         from attnvis.sources import load_source
         from attnvis.runtime.torch_backend import TorchSession
 
-        return TorchSession(load_source(spec, weights=weights, image_size=image_size), device=device, reduce=reduce, threads=threads)
-    return OrtSession(exported_path(spec, weights=weights, reduce=reduce, image_size=image_size), device=device, threads=threads)
+        source = load_source(spec, weights=weights, image_size=image_size, random_weights=random_weights)
+        return TorchSession(source, device=device, reduce=reduce, threads=threads)
+    path = exported_path(spec, weights=weights, reduce=reduce, image_size=image_size, random_weights=random_weights)
+    return OrtSession(path, device=device, threads=threads)

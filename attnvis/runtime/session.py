@@ -9,6 +9,7 @@ import numpy as np
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import ModelMetadata
 from attnvis.runtime.maps import AttentionMaps
+from attnvis.runtime._iobind import Binder
 from attnvis.runtime.device import CUDA, DEVICES, ort_session  # noqa: F401 - DEVICES: the CLI's choices
 from attnvis.runtime.images import preprocess
 
@@ -32,12 +33,17 @@ class OrtSession:
         device: ``auto`` (CUDA if usable, else CPU; see :attr:`provider`),
             ``cuda`` (an error if CUDA is not usable) or ``cpu``.
         threads: intra-op threads; ``None`` lets ORT use every core.
+        io_binding: run through IO binding (:mod:`attnvis.runtime._iobind`);
+            ``None``: when the session runs on CUDA.
+        cuda_graph: record and replay CUDA graphs, one per batch size (``cuda`` only;
+            the model's outputs must have fixed shapes but for the batch).
     """
 
     backend = "ort"
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
-        self.session = ort_session(path, device, _options(threads))
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+                 io_binding: bool | None = None, cuda_graph: bool = False):
+        self.session = ort_session(path, device, _options(threads), cuda_graph=cuda_graph)
         self.providers = self.session.get_providers()
         try:
             self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
@@ -45,6 +51,9 @@ class OrtSession:
             raise ModelError(f"{path}: {err}; export it with 'attnvis export'") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = [i.name for i in self.session.get_inputs()]
+        use_binding = self.device == "cuda" if io_binding is None else io_binding or cuda_graph
+        self.binder = Binder(self.session, self.device, self.metadata.reduction == "none", cuda_graph) \
+            if use_binding else None
 
     @property
     def provider(self) -> str:
@@ -55,10 +64,19 @@ class OrtSession:
     def device(self) -> str:
         return "cuda" if self.provider == CUDA else "cpu"
 
-    def run(self, *inputs: np.ndarray) -> AttentionMaps:
-        """Run a prepared batch (one array per model input)."""
+    def run(self, *inputs: np.ndarray, host_maps: bool = True) -> AttentionMaps:
+        """Run a prepared batch (one array per model input; with IO binding also CUDA arrays).
+
+        Args:
+            host_maps: full (B, heads, Q, K) maps to host memory. ``False`` leaves
+                them on the device as ``onnxruntime.OrtValue`` s (``.numpy()``
+                copies one) where the session runs on CUDA; reduced maps and
+                the model's outputs always come to the host.
+        """
         if len(inputs) != len(self.input_names):
             raise InputError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}")
+        if self.binder is not None:
+            return AttentionMaps.split(self.binder.run(list(inputs), host_maps), self.metadata)
         feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs)}
         return AttentionMaps.split(self.session.run(self.output_names, feeds), self.metadata)
 

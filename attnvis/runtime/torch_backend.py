@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from attnvis.errors import ModelError
-from attnvis.capture.context import capture_attention
 from attnvis.export.onnx import build_metadata
 from attnvis.sources import ModelSource
-from attnvis.export.wrapper import AttentionOutputs
+from attnvis.export.wrapper import AttentionOutputs, capture_for
 from attnvis.runtime.device import torch_device
 from attnvis.runtime.maps import AttentionMaps
 from attnvis.runtime.images import preprocess
@@ -38,7 +37,7 @@ class TorchSession:
     @torch.no_grad()
     def run(self, *inputs: np.ndarray) -> AttentionMaps:
         tensors = [torch.as_tensor(np.asarray(x, np.float32), device=self.torch_device) for x in inputs]
-        with capture_attention(self.model) as recorder:
+        with capture_for(self.model, self.metadata.reduction, self.metadata.tokens) as recorder:
             wrapper = AttentionOutputs(self.model, recorder, self.metadata.tokens, self.metadata.reduction)
             outputs = wrapper(*tensors)
         return AttentionMaps.split([t.cpu().numpy() for t in outputs], self.metadata)

@@ -29,8 +29,12 @@ def load_source(
     input_shape: str | None = None,
     image_size: tuple[int, int] | None = None,
     tokens: TokenLayout | None = None,
+    random_weights: bool = False,
 ) -> ModelSource:
     """Resolve a ``--model`` spec to a model in eval mode plus its layout.
+
+    ``timm:NAME`` and ``torchvision:NAME`` need ``weights`` (a local file) or
+    ``random_weights=True``: a model with random weights is never made silently.
 
     Raises:
         InputError: the spec names nothing that exists or can be imported.
@@ -38,4 +42,5 @@ def load_source(
     """
     spec = spec or "default"
     kind = find_source(spec, _ORDER)
-    return kind.load(spec, weights=weights, input_shape=input_shape, image_size=image_size, tokens=tokens)
+    return kind.load(spec, weights=weights, input_shape=input_shape, image_size=image_size, tokens=tokens,
+                     random_weights=random_weights)

@@ -14,6 +14,12 @@ from attnvis.sources.base import ModelSource
 _EXAMPLE_BATCH = 2  # batch 1 would let torch.export specialise the dynamic batch axis
 
 
+def no_weights_error(spec: str) -> InputError:
+    """A ``timm:NAME`` / ``torchvision:NAME`` spec without weights: never random weights unasked."""
+    return InputError(f"--model {spec} needs --weights FILE (a local .pth/.safetensors state dict; nothing is "
+                      "downloaded), or --random-weights to run it with random weights (tests, benchmarks)")
+
+
 def size2(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
     """``224`` or ``(224, 320)`` → ``(224, 320)``; ``None`` stays ``None``."""
     if image_size is None:
@@ -61,7 +67,13 @@ def check_layout(source: ModelSource) -> None:
         source.model(*source.example_inputs)
     if not recorder.layers:
         raise no_maps_error(source.model)
-    wrong = [layer for layer in recorder.layers if layer.k_len != expected]
+    wrong = [layer for layer in recorder.layers if layer.window is None and layer.k_len != expected]
+    windowed = [layer for layer in recorder.layers if layer.window is not None]
+    if windowed and windowed[0].window.grid != tokens.grid:  # Swin: the first stage's grid is the patch grid
+        layer = windowed[0]
+        raise ModelError(f"{source.name}: layer {layer.name} ({layer.module_type}) attends within windows of a "
+                         f"{layer.window.grid} grid, but the model's layout gives a {tokens.grid} patch grid; "
+                         "attnvis cannot map these tokens to the image")
     if wrong:
         layer = wrong[0]
         raise ModelError(
@@ -126,8 +138,14 @@ def _windowed(model: nn.Module) -> str | None:
 
 
 def reject_windowed(model: nn.Module, what: str) -> None:
+    """One clear error for windowed attention that no adapter captures with its layout (Swin blocks pass)."""
+    from attnvis.capture.adapters.windows import has_window_blocks
+
+    if has_window_blocks(model):
+        return
     found = _windowed(model)
     if found is not None:
         raise ModelError(
-            f"{what} uses windowed attention ({found}): each map covers one local window, not the image, and "
-            "attnvis does not stitch windows; use a global-attention ViT (ViT, DeiT, BEiT, DINOv2, CLIP)")
+            f"{what} uses windowed attention ({found}) whose windows attnvis cannot place on the image (it stitches "
+            "Hugging Face swin/swinv2 and timm swin_* blocks); use one of those or a global-attention ViT (ViT, DeiT, "
+            "BEiT, DINOv2, CLIP)")

@@ -30,7 +30,22 @@ def default_source(spec: str = "default", **_) -> ModelSource:
 
 @register_source("onnx", lambda spec: Path(spec).suffix.lower() == ".onnx")
 def _onnx_is_no_source(spec: str, **_) -> ModelSource:
+    if not Path(spec).is_file():
+        raise InputError(f"model file not found: {spec}")
+    if not _has_attnvis_metadata(spec):
+        raise InputError(f"--model {spec} is an ONNX file made elsewhere: instrument it with 'attnvis export --model "
+                         f"{spec} --output OUT.onnx' (attnvis.export.instrument_onnx), then pass OUT.onnx to visualize/batch")
     raise InputError(f"--model {spec} is already an ONNX file; pass it to visualize/batch, not export")
+
+
+def _has_attnvis_metadata(path: str) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # unreadable: the message above still says what to do with an ONNX file
+        return True
+    return any(p.key == "attnvis.layers" for p in model.metadata_props)
 
 
 @register_source("checkpoint", lambda spec: Path(spec).suffix.lower() in _CHECKPOINTS or Path(spec).exists())

@@ -19,10 +19,13 @@ from attnvis.metadata import Preprocess, TokenLayout
 from attnvis.sources._common import check_layout, conv_grid, example_inputs, prefix_layout, size2
 from attnvis.sources.base import ModelSource
 from attnvis.sources.registry import register_source
+from attnvis.sources.windows import hf_swin_layouts
 
 #: Hugging Face ``model_type`` values whose token layout attnvis knows.
 HF_MODEL_TYPES = ("vit", "deit", "beit", "data2vec-vision", "dinov2", "dinov2_with_registers", "clip",
                   "clip_vision_model")
+#: Windowed-attention ``model_type`` values: each block's window maps are stitched into one map per block.
+HF_WINDOWED_TYPES = ("swin", "swinv2")
 #: Resampling codes of PIL (as stored in HF image processor configs) → names the runtime knows.
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
@@ -55,8 +58,9 @@ def load_hf(path: str | Path, image_size: int | tuple[int, int] | None = None) -
 
     Raises:
         InputError: the directory holds no Hugging Face config.
-        ModelError: a model type attnvis does not support (windowed
-            attention such as Swin included), or the weights cannot be loaded.
+        ModelError: a model type attnvis does not support, or the weights
+            cannot be loaded. Swin and Swinv2 are supported: each block's
+            window maps are captured with their layout (``LayerInfo.window``).
     """
     require("transformers", "a Hugging Face model directory")
     path = Path(path)
@@ -67,9 +71,15 @@ def load_hf(path: str | Path, image_size: int | tuple[int, int] | None = None) -
     pre = hf_preprocess(path, size2(getattr(vision, "image_size", 224)), image_size)
     if pre.size != size2(getattr(vision, "image_size", 224)) and _takes_interpolate(model):
         model = _Interpolating(model)
-    source = ModelSource(model.eval(), example_inputs(pre.size), hf_layout(model, pre.size, what), pre, str(path))
+    tokens = _windowed_layout(config, pre.size) if config.model_type in HF_WINDOWED_TYPES else hf_layout(model, pre.size, what)
+    source = ModelSource(model.eval(), example_inputs(pre.size), tokens, pre, str(path))
     check_layout(source)
     return source
+
+
+def _windowed_layout(config, size: tuple[int, int]) -> TokenLayout:
+    """A Swin's patch grid (padded to whole patches, as its embedding does); no prefix tokens, no CLS row."""
+    return TokenLayout(grid=hf_swin_layouts(config, size)[0].grid, kind="grid")
 
 
 def _hf_config(path: Path):
@@ -82,13 +92,16 @@ def _hf_config(path: Path):
     except (ValueError, OSError, KeyError) as err:
         raise ModelError(f"{path}/config.json cannot be read by transformers: {err}") from None
     kind = f"model_type {config.model_type!r} ({', '.join(config.architectures or []) or 'no architectures'})"
+    if config.model_type in HF_WINDOWED_TYPES:
+        return config
     if "swin" in config.model_type or hasattr(config, "window_size"):
-        raise ModelError(f"{path}: {kind} uses windowed attention: each map covers one local window, not the "
-                         "image, and attnvis does not stitch windows; use a global-attention ViT "
+        raise ModelError(f"{path}: {kind} uses windowed attention that attnvis cannot place on the image; windowed "
+                         f"models supported: {', '.join(HF_WINDOWED_TYPES)}; or use a global-attention ViT "
                          f"({', '.join(HF_MODEL_TYPES)})")
     if config.model_type not in HF_MODEL_TYPES:
         raise ModelError(f"{path}: {kind} is not a supported vision transformer; supported model types: "
-                         f"{', '.join(HF_MODEL_TYPES)}")
+                         f"{', '.join(HF_MODEL_TYPES)}; captioners: vision-encoder-decoder "
+                         "(VisionEncoderDecoderModel), blip (BlipForConditionalGeneration)")
     return config
 
 

@@ -8,17 +8,21 @@ import sys
 from torch import nn
 
 from attnvis._optional import require
+from attnvis.capture.adapters.windows import has_window_blocks
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import Preprocess, TokenLayout
-from attnvis.sources._common import (check_layout, conv_grid, example_inputs, load_weights, prefix_layout,
-                                     read_state_dict, reject_windowed, size2)
+from attnvis.sources._common import (check_layout, conv_grid, example_inputs, load_weights, no_weights_error,
+                                     prefix_layout, read_state_dict, reject_windowed, size2)
 from attnvis.sources.base import ModelSource
 from attnvis.sources.registry import register_source
 
 
 @register_source("timm", lambda spec: spec.startswith("timm:"))
-def timm_source(spec: str, *, weights: str | None = None, image_size=None, **_) -> ModelSource:
-    """``timm:NAME``."""
+def timm_source(spec: str, *, weights: str | None = None, image_size=None, random_weights: bool = False,
+                **_) -> ModelSource:
+    """``timm:NAME``: needs ``--weights`` or, explicitly, ``random_weights``."""
+    if weights is None and not random_weights:
+        raise no_weights_error(spec)
     return load_timm(spec.partition(":")[2], weights=weights, image_size=image_size)
 
 
@@ -35,7 +39,7 @@ def load_timm(name: str, weights: str | None = None, image_size: int | tuple[int
     Raises:
         InputError: unknown name or missing weights file.
         ModelError: not a patch-token ViT (no patch embedding, windowed
-            attention) or the weights do not fit.
+            attention other than ``swin_*``) or the weights do not fit.
     """
     timm = require("timm", "--model timm:NAME")
     if not timm.is_model(name):
@@ -49,8 +53,8 @@ def load_timm(name: str, weights: str | None = None, image_size: int | tuple[int
         state = read_state_dict(weights)
         load_weights(model, _timm_filter(model, state), what)
     size = size or tuple(model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:])
-    source = ModelSource(model.eval(), example_inputs(size), timm_layout(model, size, what),
-                         timm_preprocess(model, size), f"timm:{name}")
+    tokens = window_layout(model, size) if has_window_blocks(model) else timm_layout(model, size, what)
+    source = ModelSource(model.eval(), example_inputs(size), tokens, timm_preprocess(model, size), f"timm:{name}")
     check_layout(source)
     return source
 
@@ -75,6 +79,13 @@ def _timm_filter(model: nn.Module, state: dict) -> dict:
         return filter_fn(state, model)
     except Exception:  # a filter for another checkpoint format: load the keys as they are
         return state
+
+
+def window_layout(model: nn.Module, size: tuple[int, int]) -> TokenLayout:
+    """A timm Swin's patch grid; no prefix tokens, no CLS row (each block's windows are stitched)."""
+    embed = model.patch_embed
+    grid = tuple(embed.dynamic_feat_size(size)) if hasattr(embed, "dynamic_feat_size") else conv_grid(embed.proj, size)
+    return TokenLayout(grid=grid, kind="grid")
 
 
 def timm_layout(model: nn.Module, size: tuple[int, int], what: str = "timm model") -> TokenLayout:

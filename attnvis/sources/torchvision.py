@@ -5,15 +5,18 @@ from __future__ import annotations
 from attnvis._optional import require
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import Preprocess
-from attnvis.sources._common import (check_layout, conv_grid, example_inputs, load_weights, prefix_layout,
-                                     read_state_dict, reject_windowed, size2)
+from attnvis.sources._common import (check_layout, conv_grid, example_inputs, load_weights, no_weights_error,
+                                     prefix_layout, read_state_dict, reject_windowed, size2)
 from attnvis.sources.base import ModelSource
 from attnvis.sources.registry import register_source
 
 
 @register_source("torchvision", lambda spec: spec.startswith("torchvision:"))
-def torchvision_source(spec: str, *, weights: str | None = None, image_size=None, **_) -> ModelSource:
-    """``torchvision:NAME``."""
+def torchvision_source(spec: str, *, weights: str | None = None, image_size=None, random_weights: bool = False,
+                **_) -> ModelSource:
+    """``torchvision:NAME``: needs ``--weights`` or, explicitly, ``random_weights``."""
+    if weights is None and not random_weights:
+        raise no_weights_error(spec)
     return load_torchvision(spec.partition(":")[2], weights=weights, image_size=image_size)
 
 

@@ -112,7 +112,7 @@ def test_timm_preprocess_comes_from_its_data_config():
 
 
 def test_timm_spec_through_load_source_and_layout_for_gap_registers():
-    source = load_source("timm:vit_medium_patch16_reg4_gap_256")  # registers, no CLS: pooled by averaging
+    source = load_source("timm:vit_medium_patch16_reg4_gap_256", random_weights=True)  # registers, no CLS: pooled by averaging
     assert source.tokens.prefix_names == ("reg0", "reg1", "reg2", "reg3")
     assert source.tokens.cls_index is None and source.tokens.grid == (16, 16)
 
@@ -137,7 +137,7 @@ def test_torchvision_vit_b_16_maps_equal_mha_weights(tmp_path):
 
 @pytest.mark.parametrize("load,name,match", [
     (load_timm, "resnet18", "no patch embedding"),
-    (load_timm, "swin_tiny_patch4_window7_224", "windowed attention .*WindowAttention"),
+    (load_timm, "swinv2_tiny_window8_256", "windowed attention .*WindowAttention"),  # swin_* is stitched; v2 is not
     (load_torchvision, "resnet18", "'resnet18' \\(ResNet\\) is not a VisionTransformer"),
     (load_torchvision, "swin_t", "windowed attention"),
 ])

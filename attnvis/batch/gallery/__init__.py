@@ -25,7 +25,7 @@ from attnvis.metadata import ModelMetadata
 
 PAGE_SIZE = 200
 GALLERY_DIR = "gallery"
-_STATIC = ("gallery.js", "gallery.css")  # package data beside this module, copied next to the page
+_STATIC = ("gallery.js", "maps.js", "gallery.css")  # package data beside this module, copied next to the page
 
 
 def gallery_entry(record: dict, root: Path) -> dict:
@@ -41,6 +41,15 @@ def gallery_entry(record: dict, root: Path) -> dict:
     if record.get("head_grids") and record.get("source"):  # head previews drawn over the source image
         entry["grids"] = record["head_grids"]
         entry["src"] = Path(os.path.relpath(record["source"], root)).as_posix()
+    return entry
+
+
+def _with_maps(entry: dict, record: dict, root: Path, where: dict) -> dict:
+    """An entry whose maps are in the store gets ``m`` ([shard, row]) and ``src`` (the source image, for the overlay)."""
+    if record["status"] == "ok" and record["key"] in where:
+        entry["m"] = where[record["key"]]
+        if record.get("source"):
+            entry["src"] = Path(os.path.relpath(record["source"], root)).as_posix()
     return entry
 
 
@@ -66,18 +75,22 @@ def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, ti
     Returns:
         The path of ``index.html``.
     """
-    from attnvis.render import colormap_table
+    from attnvis.batch.gallery.maps import write_map_scripts
+    from attnvis.render import COLORMAPS, colormap_table
     from attnvis.render.writers import write_bytes_atomic
 
     root = Path(root)
     (root / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
+    maps, where = write_map_scripts(root, GALLERY_DIR)  # the map store, drawn by the browser (maps.js)
     pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)] or [[]]
     run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": len(pages), "pageSize": PAGE_SIZE,
            "total": len(records), "ok": sum(r["status"] == "ok" for r in records),
            "failed": sum(r["status"] != "ok" for r in records), "classes": meta.extra.get("classes"),
-           "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha}
+           "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha, "colormap": colormap, "maps": maps,
+           "luts": {name: colormap_table(name).tobytes().hex() for name in COLORMAPS} if maps else None}
     for number, page in enumerate(pages):
-        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, [gallery_entry(r, root) for r in page]]))
+        entries = [_with_maps(gallery_entry(r, root), r, root, where) for r in page]
+        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, entries]))
     write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))
     static = resources.files(__name__)
     for name in _STATIC:

@@ -1,9 +1,10 @@
 "use strict";
-const S = { page: 0, img: null, layer: null, head: null, view: "overlay", word: null };
+const S = { page: 0, img: null, layer: null, head: null, view: "overlay", word: null, cmap: null, alpha: null, norm: "map" };
 const G = window.attnvisGallery = {
   info: null, pages: {},
   run(info) { this.info = info; },
   page([n, entries]) { this.pages[n] = entries; if (n === S.page) render(); },
+  rerender() { render(); },
 };
 const $ = (id) => document.getElementById(id);
 const url = (rel) => rel.split("/").map(encodeURIComponent).join("/");
@@ -16,11 +17,13 @@ function readHash() {
   S.page = num("page") || 0; S.img = num("img"); S.layer = num("layer"); S.word = num("word");
   S.head = p.get("head") === null || p.get("head") === "mean" ? null : num("head");
   S.view = p.get("view") === "heatmap" ? "heatmap" : "overlay";
+  S.cmap = p.get("cmap"); S.alpha = num("alpha"); S.norm = p.get("norm") === "image" ? "image" : "map";  // stored maps (maps.js)
 }
 function writeHash() {
   const parts = ["page=" + S.page];
   if (S.img !== null) parts.push("img=" + S.img, "layer=" + S.layer, "head=" + (S.head === null ? "mean" : S.head), "view=" + S.view);
   if (S.word !== null) parts.push("word=" + S.word);
+  if (S.img !== null && S.cmap !== null) parts.push("cmap=" + S.cmap, "alpha=" + S.alpha, "norm=" + S.norm);
   history.replaceState(null, "", "#" + parts.join("&"));
 }
 function loadPage(n) {
@@ -65,6 +68,9 @@ function pick(maps, key, want) {
 function renderDetail(entries) {
   const box = $("detail"), entry = S.img === null ? null : entries[S.img];
   if (!entry || entry.status !== "ok") { box.hidden = true; box.textContent = ""; return; }
+  if (entry.m && G.info.maps && window.attnvisMaps) { // stored maps: drawn here, any layer, head, colormap, alpha
+    box.replaceChildren(navBar(entry, entries), ...window.attnvisMaps.detail(entry, S, go)); box.hidden = false; return;
+  }
   let maps = entry.maps.map((m) => ({ layer: m[0], head: m[1], overlay: m[2], heatmap: m[3], word: m[4] === undefined ? null : m[4] }));
   const word = pick(maps, "word", S.word); maps = maps.filter((m) => m.word === word.value);
   const layer = pick(maps, "layer", S.layer); maps = maps.filter((m) => m.layer === layer.value);
@@ -92,6 +98,13 @@ function renderDetail(entries) {
   box.replaceChildren(...kids); box.hidden = false;
 }
 
+function navBar(entry, entries) {
+  return el("div", { className: "bar" }, [el("button", { textContent: "✕ close", onclick: () => go({ img: null }) }),
+    el("button", { textContent: "◀ prev", disabled: S.img === 0, onclick: () => go({ img: S.img - 1 }) }),
+    el("button", { textContent: "next ▶", disabled: S.img >= entries.length - 1, onclick: () => go({ img: S.img + 1 }) }),
+    el("strong", { textContent: " " + entry.key }), el("span", { className: "muted", textContent: entry.size ? `  ${entry.size[1]}×${entry.size[0]}` : "" }),
+    el("span", { className: "pred", textContent: entry.prediction ? "  predicted: " + entry.prediction : "" })]);
+}
 function bilinear(g, gh, gw, h, w) {
   // (h, w) values from the (gh, gw) grid: half-pixel centres, clamped borders, as cv2.resize INTER_LINEAR
   const taps = (n, src) => Array.from({ length: n }, (_, d) => {
@@ -125,9 +138,11 @@ function preview(entry, b64, view) {
   return [over, src];
 }
 function done() {
+  if (window.attnvisMaps && window.attnvisMaps.pending()) return; // G.maps renders again when the maps arrive
   const imgs = [...document.images], pending = imgs.filter((i) => !i.complete);
   if (pending.length) { pending.forEach((i) => ["load", "error"].forEach((t) => i.addEventListener(t, done, { once: true }))); return; }
-  const loaded = imgs.filter((i) => i.naturalWidth > 0).length;
+  const loaded = imgs.filter((i) => i.naturalWidth > 0).length, map = document.querySelector("#detail canvas.main");
+  if (map) { const r = map.getBoundingClientRect(); document.body.dataset.canvas = [r.left + scrollX, r.top + scrollY, r.width, r.height].map(Math.round).join(","); }
   Object.assign(document.body.dataset, { state: "ready", loaded, broken: imgs.length - loaded });
 }
 document.addEventListener("keydown", (e) => {

@@ -4,7 +4,8 @@ With ``fused_attn`` on, timm calls ``F.scaled_dot_product_attention`` and the
 softmax weights never exist. The adapter switches ``fused_attn`` off (restored
 on removal) so the module computes ``softmax(q·kᵀ·scale)`` explicitly and
 passes it through ``attn_drop``; a pre-hook on ``attn_drop`` records its input,
-(B, heads, N, N), before any dropout.
+(B, heads, N, N), before any dropout. For one query row it switches
+``fused_attn`` on and leaves the row to the SDPA interception.
 
 timm is never imported here: a module can only be a timm ``Attention`` if
 timm was already imported by whoever built the model.
@@ -37,7 +38,11 @@ def _example() -> tuple[nn.Module, tuple]:
 
 @register_adapter("timm.layers.Attention", predicate=is_timm_attention, example=_example)
 def attach_timm_attention(module: nn.Module, path: str, recorder: Recorder) -> list:
-    """Switch ``module`` to its explicit path and record the softmax weights it computes."""
+    """Switch ``module`` to its explicit path and record the softmax weights it computes.
+
+    For one query row (``recorder.query``) the module takes its fused path
+    instead and the SDPA interception computes the row from its q and k.
+    """
     was_fused = module.fused_attn
 
     def record(_dropout: nn.Module, args: tuple) -> None:
@@ -46,5 +51,8 @@ def attach_timm_attention(module: nn.Module, path: str, recorder: Recorder) -> l
     def restore() -> None:
         module.fused_attn = was_fused
 
-    module.fused_attn = False
+    module.fused_attn = recorder.query is not None
+    if recorder.query is not None:
+        recorder.delegated[path] = type(module).__name__
+        return [Restore(restore)]
     return [module.attn_drop.register_forward_pre_hook(record), Restore(restore)]

@@ -3,7 +3,9 @@
 ``nn.TransformerEncoderLayer`` calls its attention with ``need_weights=False``;
 the adapter asks for ``need_weights=True, average_attn_weights=False``,
 records the (B, heads, Q, K) weights and returns the output the caller
-originally requested.
+originally requested. For one query row (``recorder.query``) a call without
+weights keeps its fused path, and the row is computed beside it from the
+query token alone.
 """
 
 from __future__ import annotations
@@ -24,19 +26,48 @@ def _example() -> tuple[nn.Module, tuple]:
     return model, (torch.randn(2, 5, 16),)
 
 
+def _query_row(module: nn.MultiheadAttention, query: torch.Tensor, row: int) -> torch.Tensor:
+    """Query token ``row`` alone, in the module's layout ((B, L, E), (L, B, E) or unbatched (L, E))."""
+    batched_first = module.batch_first and query.dim() == 3
+    return query[:, row:row + 1] if batched_first else query[row:row + 1]
+
+
+def _weights_row(module: nn.MultiheadAttention, row: int, query, key, value, kwargs: dict) -> torch.Tensor:
+    """Per-head weights of query ``row`` alone, (B, heads, 1, S), by the module's own code.
+
+    ``forward`` is called directly (no hooks) on the one query token: its key
+    and value projections run again, but no (L, S) matrix is made.
+    """
+    mask = kwargs.get("attn_mask")
+    if kwargs.get("is_causal") and mask is None:
+        raise ValueError("nn.MultiheadAttention: is_causal needs attn_mask")  # as the module itself says
+    if mask is not None and mask.dim() >= 2 and mask.size(-2) > 1:
+        mask = mask[..., row:row + 1, :]
+    _, weights = module.forward(_query_row(module, query, row), key, value, key_padding_mask=kwargs.get("key_padding_mask"),
+                                need_weights=True, attn_mask=mask, average_attn_weights=False, is_causal=False)
+    return weights
+
+
 @register_adapter("torch.nn.MultiheadAttention", module_type=nn.MultiheadAttention, example=_example)
 def attach_mha(module: nn.MultiheadAttention, path: str, recorder: Recorder) -> list:
-    calls: list[tuple[bool, bool, str]] = []  # (need_weights, average, kind) per active call
+    calls: list[tuple[bool, bool, str, tuple, dict]] = []  # (need_weights, average, kind, args, kwargs) per active call
+    row = recorder.query
 
     def pre(_m, args, kwargs):
         kwargs = {**dict(zip(_LATER_PARAMS, args[3:])), **kwargs}
-        kind = "self" if args[0] is args[1] else "cross"
-        calls.append((kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True), kind))
+        need, average = kwargs.get("need_weights", True), kwargs.get("average_attn_weights", True)
+        calls.append((need, average, "self" if args[0] is args[1] else "cross", args[:3], kwargs))
+        if row is not None and not need:  # the caller's fused call stays; the row is computed after it
+            return args[:3], kwargs
         return args[:3], {**kwargs, "need_weights": True, "average_attn_weights": False}
 
     def post(_m, _args, _kwargs, output):
-        need, average, kind = calls.pop()
-        out, weights = output  # weights: (B, heads, Q, K)
+        need, average, kind, args, kwargs = calls.pop()
+        out, weights = output  # weights: (B, heads, Q, K), or None for a fused call
+        if weights is None:
+            q_len = args[0].size(1 if module.batch_first and args[0].dim() == 3 else 0)
+            recorder.record(path, _weights_row(module, row, *args, kwargs), kind, type(module).__name__, q_len=q_len)
+            return output
         recorder.record(path, weights, kind, type(module).__name__)
         if not need:
             return out, None

@@ -1,0 +1,75 @@
+"""The gallery's side of the map store: each shard's maps as small scripts the page loads on demand.
+
+A page on ``file://`` cannot ``fetch``, so the maps travel as scripts:
+``gallery/maps/part-NNNNNN_CCCC.js`` holds rows ``C·chunk … C·chunk + chunk - 1``
+of shard ``part-NNNNNN`` as base64 float32 (``[rows, floats per row]``: every
+layer's map, then every head's when stored, then the rollout when stored),
+and calls ``attnvisGallery.maps(name, base64)``. A chunk is at most
+:data:`CHUNK_BYTES` of floats, so opening an image loads a few hundred KB
+whatever the number of images; the thumbnails grid never loads maps.
+Scripts newer than their shard are kept as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import numpy as np
+
+CHUNK_BYTES = 256 << 10
+MAPS_DIR = "maps"
+
+
+def _floats_per_row(layout) -> int:
+    return layout.patches * (layout.layers + sum(layout.heads or ()) + (1 if layout.rollout else 0))
+
+
+def _rows(table, layout) -> np.ndarray:
+    """A shard's rows as float32 [rows, floats per row], in the order the page reads them."""
+    from attnvis.batch.store import _column
+
+    hw = layout.patches
+    parts = [_column(table, f"layer_{i}", hw) for i in range(layout.layers)]
+    parts += [_column(table, f"heads_{i}", n * hw) for i, n in enumerate(layout.heads or ())]
+    parts += [_column(table, "rollout", hw)] if layout.rollout else []
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype="<f4")
+
+
+def _write_shard(shard: Path, layout, chunk: int, folder: Path) -> None:
+    from attnvis._optional import require
+    from attnvis.render.writers import write_bytes_atomic
+
+    rows = _rows(require("pyarrow.parquet").read_table(shard), layout)
+    for start in reversed(range(0, len(rows), chunk)):  # chunk 0 last: its time says the shard's scripts are complete
+        name = f"{shard.stem}_{start // chunk:04d}"
+        data = base64.b64encode(rows[start:start + chunk].tobytes()).decode("ascii")
+        write_bytes_atomic(folder / f"{name}.js", f'attnvisGallery.maps("{name}","{data}");\n'.encode())
+
+
+def write_map_scripts(root: Path, gallery_dir: str) -> tuple[dict | None, dict[str, list]]:
+    """Write the map scripts of ``root``'s store; return the page's map facts and each key's ``[shard, row]``.
+
+    Returns ``(None, {})`` when ``root`` has no store (``--save images``).
+    """
+    from attnvis.batch.store import MapStore, shard_paths
+
+    if not shard_paths(root):
+        return None, {}
+    store = MapStore(root)
+    layout = store.layout
+    chunk = max(1, CHUNK_BYTES // (4 * _floats_per_row(layout)))
+    folder = root / gallery_dir / MAPS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [path.stem for path in store.shards]
+    for path in store.shards:
+        first = folder / f"{path.stem}_0000.js"
+        if not first.is_file() or first.stat().st_mtime_ns < path.stat().st_mtime_ns:
+            _write_shard(path, layout, chunk, folder)
+    for entry in os.scandir(folder):  # scripts of shards no longer there
+        if entry.name.endswith(".js") and entry.name.rsplit("_", 1)[0] not in names:
+            os.unlink(entry.path)
+    info = {"layers": layout.layers, "grid": list(layout.grid), "heads": None if layout.heads is None else list(layout.heads),
+            "rollout": layout.rollout, "chunk": chunk, "shards": names, "dir": f"{gallery_dir}/{MAPS_DIR}"}
+    return info, {key: list(where) for key, where in store.locations().items()}

@@ -1,0 +1,163 @@
+"""``attnvis render OUT --output DIR``: the per-layer files of a batch's images, from its map store.
+
+The stored rows are the grids ``--save images`` renders
+(:func:`attnvis.batch.store.make_row`), and the images are decoded from the
+recorded sources as the batch decodes them, so every file written here
+equals, byte for byte, the file ``attnvis batch --save images`` writes for
+the same inputs and flags, under the same relative path
+(``DIR/<key>/attn_map_layer_{i}_{name}.png``, ``heatmap_layer_...``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attnvis.visualize import VisualizeOptions, check_options, check_selection, safe_name
+from attnvis.errors import InputError
+from attnvis.metadata import PROP_PREFIX, ModelMetadata
+
+
+@dataclass
+class RenderSummary:
+    """What :func:`render_store` did: files written, and the images whose source could not be read."""
+
+    rendered: int = 0
+    files: int = 0
+    output: Path = Path(".")
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (key, one-line reason)
+
+    @property
+    def exit_code(self) -> int:
+        from attnvis.batch.run import EXIT_SOME_FAILED
+
+        return EXIT_SOME_FAILED if self.missing else 0
+
+    def text(self) -> str:
+        lines = [f"{self.rendered} images rendered ({self.files} files) into {self.output}"
+                 + (f"; {len(self.missing)} not rendered" if self.missing else "")]
+        lines += [f"not rendered: {reason}" for _, reason in self.missing[:10]]
+        if len(self.missing) > 10:
+            lines.append(f"... and {len(self.missing) - 10} more images whose source cannot be read")
+        return "\n".join(lines)
+
+
+def _same_model(a: ModelMetadata, b: ModelMetadata) -> bool:
+    def doc(meta: ModelMetadata) -> dict:
+        return {k: json.loads(v) for k, v in meta.to_props().items() if k != PROP_PREFIX + "version"}
+
+    return doc(a) == doc(b)
+
+
+def check_model(store, model: str) -> None:
+    """One clear error when ``--model`` is not the model whose maps the store holds."""
+    from attnvis.runtime import open_model
+
+    meta = open_model(model, device="cpu", threads=1).metadata
+    if not _same_model(meta, store.metadata):
+        have = store.metadata
+        raise InputError(f"{store.root}: the map store holds maps of another model ({have.source or 'unnamed'}: "
+                         f"{len(have.layers)} layers, grid {have.tokens.grid}) than --model {model} "
+                         f"({meta.source or 'unnamed'}: {len(meta.layers)} layers, grid {meta.tokens.grid}); "
+                         "give the model that made the store, or leave --model out")
+
+
+def _check_heads(store, options: VisualizeOptions) -> None:
+    if options.save_raw:
+        raise InputError("--save-raw needs the full captured maps, which a map store does not keep; "
+                         "use attnvis batch --save images --save-raw")
+    per_head = options.head is not None or (not options.avg_heads and store.metadata.reduction == "none")
+    if per_head and store.layout.heads is None:
+        flag = f"--head {options.head}" if options.head is not None else "--no-avg-heads"
+        raise InputError(f"{flag} needs per-head maps, but {store.root} stored head means only; "
+                         "run attnvis batch again with --store-heads")
+
+
+def _grids(store, key: str, layer: int, options: VisualizeOptions) -> list[tuple[str, np.ndarray]]:
+    """(file suffix, grid) of one layer, as :func:`attnvis.visualize.layer_images` gives them (a test keeps them equal)."""
+    if options.head is not None:
+        return [(f"_head_{options.head}", store.heads(key)[layer][options.head])]
+    if not options.avg_heads and store.layout.heads is not None:
+        return [(f"_head_{h}", grid) for h, grid in enumerate(store.heads(key)[layer])]
+    return [("", store[key][layer])]
+
+
+def render_key(store, key: str, layers: list[int], options: VisualizeOptions, target: Path) -> int:
+    """Render and write one stored image's files; return how many. Raises InputError if its source cannot be read."""
+    from attnvis.batch.decode import decode
+    from attnvis.batch.stages import clean_tmp, write_files
+    from attnvis.render import render_map
+    from attnvis.render.writers import encode_image
+
+    image = decode(store.source(key), f"{key} (source {store.source(key)})", None, max_pixels=2**62).image
+    if image.shape[:2] != store.size(key):
+        raise InputError(f"{key}: its source {store.source(key)} is now {image.shape[1]}x{image.shape[0]}, "
+                         f"not the {store.size(key)[1]}x{store.size(key)[0]} image the maps were made from")
+    files, out = [], (np.empty_like(image), np.empty_like(image))
+    for i in layers:
+        name = safe_name(store.metadata.layers[i].name)
+        for suffix, grid in _grids(store, key, i, options):
+            heat, over = render_map(grid, image, options.colormap, options.alpha, parallel=False, out=out)
+            files += [(f"{key}/attn_map_layer_{i}_{name}{suffix}.{options.format}", encode_image(over, options.format)),
+                      (f"{key}/heatmap_layer_{i}_{name}{suffix}.{options.format}", encode_image(heat, options.format))]
+    clean_tmp(target / key)
+    write_files(target, files)
+    return len(files)
+
+
+def render_store(output: str | os.PathLike, target: str | os.PathLike, options: VisualizeOptions | None = None,
+                 keys: list[str] | None = None, model: str | None = None, workers: int | None = None) -> RenderSummary:
+    """Render the per-layer files of the images in a map store.
+
+    Args:
+        output: the batch output folder holding ``maps/``.
+        target: where the files go (``target/<key>/...``).
+        options: layer, head, colormap, alpha and format (``save_raw`` is refused).
+        keys: only these images (``--image``); default every stored image.
+        model: ``--model``: refuse a store made by another model.
+        workers: render threads (default: the cores available).
+
+    Returns:
+        A :class:`RenderSummary`; images whose source moved are listed in
+        ``missing`` and the others are rendered.
+
+    Raises:
+        InputError: no store, another model's store, a layer/head/key the store does not have.
+    """
+    from attnvis.batch.local import available_cores
+    from attnvis.batch.store import load_maps
+
+    options = options or VisualizeOptions()
+    check_options(options)
+    store = load_maps(output)
+    if model is not None:
+        check_model(store, model)
+    layers = check_selection(store.metadata, options)
+    _check_heads(store, options)
+    unknown = [key for key in keys or () if key not in store]
+    if unknown:
+        raise InputError(f"--image {unknown[0]!r} is not in the map store of {output} ({len(store)} images, "
+                         f"e.g. {next(iter(store), '')!r})")
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    summary = RenderSummary(output=target)
+    chosen = list(dict.fromkeys(keys)) if keys else list(store)
+    with ThreadPoolExecutor(workers or available_cores(), thread_name_prefix="attnvis-render") as pool:
+        for key, result in zip(chosen, pool.map(lambda k: _render_or_reason(store, k, layers, options, target), chosen)):
+            if isinstance(result, str):
+                summary.missing.append((key, result))
+            else:
+                summary.rendered, summary.files = summary.rendered + 1, summary.files + result
+    return summary
+
+
+def _render_or_reason(store, key: str, layers: list[int], options: VisualizeOptions, target: Path) -> int | str:
+    try:
+        return render_key(store, key, layers, options, target)
+    except InputError as err:
+        return str(err)

@@ -1,0 +1,498 @@
+"""The map store: every layer's map of every image, as Parquet shards under ``OUT/maps/``.
+
+``attnvis batch --save maps`` (or ``both``) keeps, per image, what every file
+of that image is rendered from: for each layer the head-mean CLS row
+without the prefix columns (the mean over query rows for a model without
+CLS), float32, reshapeable to the patch grid. That is ~2.3 KB per image for
+the default model and ~9.4 KB for a 12-layer ViT-B/16 at 224, against
+megabytes of PNGs; ``attnvis render`` and the gallery render from it later.
+
+Shards are ``OUT/maps/part-NNNNNN.parquet``, one row per image:
+
+- ``image`` (string): the manifest's key; ``source`` (string): the file read;
+  ``width``, ``height`` (int32): the image's original size.
+- ``layer_{i}`` (fixed-size list of float32, h·w): layer ``i``'s map.
+- ``heads_{i}`` (fixed-size list of float32, heads·h·w), with ``--store-heads``:
+  every head's row, head-major.
+- ``rollout`` (fixed-size list of float32, h·w), when the model's maps are
+  full self-attention: the same row of the attention rollout over all layers
+  (:func:`attnvis.render.rollout.rollout_row`).
+
+The schema metadata carries the model's ``attnvis.*`` metadata
+(:meth:`ModelMetadata.to_props`) and ``attnvis.store`` (the layout and an
+identity hash). Plain Parquet: pyarrow, Ray Data, pandas, Polars and DuckDB
+read the shards as they are.
+
+Exactly once: rows are buffered and written as a shard of at most
+:data:`SHARD_ROWS` rows (or every :data:`SHARD_SECONDS`) under a temporary
+name, fsync'd and renamed; only then are their manifest lines appended. At
+the start of a run, every image the run is going to (re)do is first removed
+from the shards that hold it (each shard rewritten atomically), so a kill
+at any moment, followed by ``--resume``, leaves every image in the store
+exactly once with the values an uninterrupted run stores.
+
+Shard size: 4,096 rows is ~10 MB for the default model and ~38 MB for a
+ViT-B, so a million images make ~250 files, and a crash loses at most
+4,096 images or a minute of work, whichever is less.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attnvis.errors import InputError
+from attnvis.metadata import PROP_PREFIX, ModelMetadata
+
+STORE_DIR = "maps"
+SHARD_ROWS = 4096
+SHARD_SECONDS = 60.0
+ROW_GROUP = 1024  # rows read together when one image is looked up
+FORMAT = 1
+STORE_PROP = "attnvis.store"
+_SHARD = re.compile(r"part-(\d{6})\.parquet")
+_WHAT = "the map store (attnvis batch --save maps)"
+
+
+def _pa():
+    from attnvis._optional import require
+    return require("pyarrow", _WHAT)
+
+
+def _pq():
+    from attnvis._optional import require
+    return require("pyarrow.parquet", _WHAT)
+
+
+# --------------------------------------------------------------------------- layout and rows
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What a store's rows hold.
+
+    Attributes:
+        layers: number of layers.
+        grid: the patch grid ``(h, w)``.
+        heads: per layer, its number of heads when per-head rows are stored, else ``None``.
+        rollout: whether the ``rollout`` column is stored.
+    """
+
+    layers: int
+    grid: tuple[int, int]
+    heads: tuple[int, ...] | None = None
+    rollout: bool = False
+
+    @property
+    def patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "layers": self.layers, "grid": list(self.grid),
+                "heads": None if self.heads is None else list(self.heads), "rollout": self.rollout}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "StoreLayout":
+        heads = doc.get("heads")
+        return cls(int(doc["layers"]), tuple(doc["grid"]), None if heads is None else tuple(heads), bool(doc.get("rollout")))
+
+
+def has_rollout(meta: ModelMetadata) -> bool:
+    """Whether the model's captured maps allow a rollout: full self-attention of one size, every layer."""
+    sizes = {(layer.q_len, layer.k_len) for layer in meta.layers}
+    return (meta.reduction in ("none", "mean-heads") and len(sizes) == 1 and all(q == k for q, k in sizes)
+            and all(layer.kind == "self" for layer in meta.layers))
+
+
+def layout_for(meta: ModelMetadata, store_heads: bool) -> StoreLayout:
+    """The layout a run stores for this model (``store_heads``: ``--store-heads``)."""
+    heads = tuple(layer.heads for layer in meta.layers) if store_heads else None
+    return StoreLayout(len(meta.layers), tuple(meta.tokens.grid), heads, has_rollout(meta))
+
+
+def identity(meta: ModelMetadata, layout: StoreLayout) -> str:
+    """Hash of what makes two stores' rows comparable: the model's metadata (not attnvis's version) and the layout."""
+    props = {k: json.loads(v) for k, v in meta.to_props().items() if k != PROP_PREFIX + "version"}
+    doc = json.dumps({"model": props, "layout": layout.to_json()}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StoreRow:
+    """One image's row, made by the render stage and written by the driver.
+
+    Attributes:
+        key: the image's key; source: the file read; height, width: its size.
+        layers: float32 [layers, h·w].
+        heads: per layer float32 [heads, h·w], or ``None``.
+        rollout: float32 [h·w], or ``None``.
+    """
+
+    key: str
+    source: str
+    height: int
+    width: int
+    layers: np.ndarray
+    heads: list[np.ndarray] | None = None
+    rollout: np.ndarray | None = None
+
+
+def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndarray], meta: ModelMetadata,
+             layout: StoreLayout) -> StoreRow:
+    """An image's store row from its captured maps (per layer, no batch axis).
+
+    The layer rows are :func:`attnvis.render.attention_grid` of each layer, so
+    rendering them gives the files ``--save images`` writes, byte for byte.
+    """
+    from attnvis.render import attention_grid, head_grids
+    from attnvis.render.rollout import rollout_row
+
+    tokens = meta.tokens
+    layers = np.stack([attention_grid(a, tokens).reshape(-1) for a in attn])  # (L, h*w)
+    heads = [head_grids(a, tokens).reshape(a.shape[0], -1) for a in attn] if layout.heads is not None else None
+    roll = rollout_row(attn, tokens) if layout.rollout else None
+    return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fixed(pa, values: np.ndarray, width: int):
+    """float32 [n, width] → a fixed-size-list column."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values, np.float32).reshape(-1)), width)
+
+
+def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
+    """The Arrow table of a shard, schema metadata included."""
+    pa = _pa()
+    hw = layout.patches
+    columns = {"image": pa.array([r.key for r in rows], pa.string()),
+               "source": pa.array([r.source for r in rows], pa.string()),
+               "width": pa.array([r.width for r in rows], pa.int32()),
+               "height": pa.array([r.height for r in rows], pa.int32())}
+    stacked = np.stack([r.layers for r in rows])  # (n, L, h*w)
+    for i in range(layout.layers):
+        columns[f"layer_{i}"] = _fixed(pa, stacked[:, i], hw)
+    for i, heads in enumerate(layout.heads or ()):
+        columns[f"heads_{i}"] = _fixed(pa, np.stack([r.heads[i] for r in rows]).reshape(len(rows), -1), heads * hw)
+    if layout.rollout:
+        columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
+    table = pa.table(columns)
+    props = dict(meta.to_props())
+    props[STORE_PROP] = json.dumps({**layout.to_json(), "identity": identity(meta, layout)})
+    return table.replace_schema_metadata(props)
+
+
+def _write_table(table, path: Path) -> None:
+    """Write a shard under a temporary name, fsync it, rename it into place and fsync the folder."""
+    pq = _pq()
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP, use_dictionary=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename is on disk before the manifest says so
+    finally:
+        os.close(fd)
+
+
+def shard_paths(root: Path) -> list[Path]:
+    """The store's shards, in the order they were written."""
+    folder = Path(root) / STORE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _SHARD.fullmatch(p.name))
+
+
+def _store_doc(schema) -> dict | None:
+    raw = (schema.metadata or {}).get(STORE_PROP.encode())
+    return json.loads(raw) if raw else None
+
+
+class StoreWriter:
+    """Appends rows to a run's store; opened by :func:`open_writer` (see the module docstring).
+
+    ``add(row, record)`` buffers; a full (or old) buffer becomes a shard, then
+    the buffered records go to the manifest with ``"store"`` naming the shard.
+    """
+
+    def __init__(self, root: Path, meta: ModelMetadata, layout: StoreLayout, keys: dict[str, Path], next_number: int):
+        self.root, self.meta, self.layout = Path(root), meta, layout
+        self.keys = keys  # key → shard already holding it
+        self.number = next_number
+        self.manifest = None
+        self._rows: list[StoreRow] = []
+        self._records: list[dict] = []
+        self._since = 0.0
+
+    def prune(self, keys: set[str]) -> int:
+        """Remove these keys from the shards holding them (each rewritten atomically); return rows removed."""
+        doomed: dict[Path, set[str]] = {}
+        for key in keys & self.keys.keys():
+            doomed.setdefault(self.keys.pop(key), set()).add(key)
+        pa, pq = _pa(), _pq()
+        import pyarrow.compute as pc
+
+        for path, gone in doomed.items():
+            table = pq.read_table(path)
+            kept = table.filter(pc.invert(pc.is_in(table.column("image"), pa.array(sorted(gone), pa.string()))))
+            if kept.num_rows:
+                _write_table(kept, path)
+            else:
+                path.unlink()
+        return sum(len(gone) for gone in doomed.values())
+
+    def add(self, row: StoreRow, record: dict) -> None:
+        if not self._rows:
+            self._since = time.monotonic()
+        self._rows.append(row)
+        self._records.append(record)
+        if len(self._rows) >= SHARD_ROWS or time.monotonic() - self._since >= SHARD_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one shard, then their manifest lines."""
+        if not self._rows:
+            return
+        path = self.root / STORE_DIR / f"part-{self.number:06d}.parquet"
+        _write_table(rows_table(self._rows, self.meta, self.layout), path)
+        self.number += 1
+        rel = f"{STORE_DIR}/{path.name}"
+        for row, record in zip(self._rows, self._records):
+            self.keys[row.key] = path
+            record["store"] = rel
+            self.manifest.append(record)
+        self._rows, self._records = [], []
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()  # what was done before an error or Ctrl-C is kept
+
+
+def open_writer(root: Path, meta: ModelMetadata, layout: StoreLayout) -> StoreWriter:
+    """Open ``root/maps`` for a run: remove a killed run's temporary files, check the shards are this model's.
+
+    Raises:
+        InputError: the folder holds maps of another model or another
+            ``--store-heads`` setting (rows of two models never mix).
+    """
+    folder = Path(root) / STORE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            os.unlink(entry.path)
+    ours, keys, number = identity(meta, layout), {}, 0
+    for path in shard_paths(root):
+        doc = _store_doc(_pq().read_schema(path))
+        if doc is None or doc.get("identity") != ours:
+            raise InputError(f"{folder} holds maps of another model or --store-heads setting ({path.name}: "
+                             f"{_describe(doc)}; this run: {_describe({**layout.to_json(), 'source': meta.source})}); "
+                             f"use another --output, or delete {folder} to start the store over")
+        for key in _pq().read_table(path, columns=["image"]).column("image").to_pylist():
+            keys[key] = path
+        number = max(number, int(_SHARD.fullmatch(path.name).group(1)) + 1)
+    return StoreWriter(root, meta, layout, keys, number)
+
+
+def _describe(doc: dict | None) -> str:
+    if not doc:
+        return "no attnvis store metadata"
+    heads = "per-head rows" if doc.get("heads") else "head means"
+    grid = "x".join(str(v) for v in doc.get("grid") or ())
+    source = f"model {doc['source']!r}, " if doc.get("source") else ""
+    return f"{source}{doc.get('layers')} layers, grid {grid}, {heads}"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class MapStore(Mapping):
+    """A read-only mapping from image key to its maps, float32 ``[layers, h, w]`` (see :func:`load_maps`).
+
+    Attributes:
+        metadata: the model's :class:`ModelMetadata`.
+        layout: the :class:`StoreLayout`.
+        root: the batch output folder.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.shards = shard_paths(self.root)
+        if not self.shards:
+            raise InputError(f"{self.root}: no map store here (no {STORE_DIR}/part-*.parquet); "
+                             f"write one with 'attnvis batch INPUT --output {self.root} --save maps'")
+        schema = _pq().read_schema(self.shards[0])
+        doc = _store_doc(schema)
+        if doc is None:
+            raise InputError(f"{self.shards[0]}: not an attnvis map store (no {STORE_PROP} in its schema metadata)")
+        props = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+        self.metadata = ModelMetadata.from_props(props)
+        self.layout = StoreLayout.from_json(doc)
+        self._index = self._build_index(doc.get("identity"))
+        self._cache: OrderedDict[tuple[int, int], dict] = OrderedDict()
+        self._starts: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def _build_index(self, ours: str | None) -> dict[str, tuple[int, int]]:
+        """key → (shard number in :attr:`shards`, row), sorted by key; one error for a mixed or duplicated store."""
+        index = {}
+        for s, path in enumerate(self.shards):
+            file = _pq().ParquetFile(path)
+            if (_store_doc(file.schema_arrow) or {}).get("identity") != ours:
+                raise InputError(f"{path}: its maps are of another model than {self.shards[0].name}'s; "
+                                 "a store holds one model's maps")
+            for row, key in enumerate(file.read(columns=["image"]).column("image").to_pylist()):
+                if key in index:
+                    raise InputError(f"{path}: image {key!r} is stored twice (also in {self.shards[index[key][0]].name})")
+                index[key] = (s, row)
+        return dict(sorted(index.items()))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __contains__(self, key) -> bool:
+        return key in self._index
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        h, w = self.layout.grid
+        group, row = self._row(key)
+        return group["layers"][row].reshape(self.layout.layers, h, w)
+
+    def locations(self) -> dict[str, tuple[int, int]]:
+        """key → (index in :attr:`shards`, row in that shard), in key order."""
+        return dict(self._index)
+
+    def heads(self, key: str) -> list[np.ndarray]:
+        """Per layer float32 ``[heads, h, w]`` (stored with ``--store-heads``)."""
+        if self.layout.heads is None:
+            raise ValueError(f"{self.root}: per-head maps were not stored; run attnvis batch with --store-heads")
+        h, w = self.layout.grid
+        group, row = self._row(key)
+        return [group[f"heads_{i}"][row].reshape(n, h, w) for i, n in enumerate(self.layout.heads)]
+
+    def rollout(self, key: str) -> np.ndarray | None:
+        """The attention rollout's map ``[h, w]``, or ``None`` when the model's maps did not allow one."""
+        if not self.layout.rollout:
+            return None
+        group, row = self._row(key)
+        return group["rollout"][row].reshape(self.layout.grid)
+
+    def source(self, key: str) -> str:
+        group, row = self._row(key)
+        return group["source"][row]
+
+    def size(self, key: str) -> tuple[int, int]:
+        """The image's original ``(height, width)``."""
+        group, row = self._row(key)
+        return int(group["height"][row]), int(group["width"][row])
+
+    def _row(self, key: str) -> tuple[dict, int]:
+        shard, row = self._index[key]
+        starts = self._starts.get(shard)
+        if starts is None:
+            counts = _pq().ParquetFile(self.shards[shard]).metadata
+            starts = self._starts[shard] = list(np.cumsum([0] + [counts.row_group(g).num_rows for g in range(counts.num_row_groups)]))
+        number = bisect.bisect_right(starts, row) - 1
+        return self._group(shard, number), row - int(starts[number])
+
+    def _group(self, shard: int, number: int) -> dict:
+        """One row group as read-only NumPy arrays (the few most recent kept)."""
+        with self._lock:  # readers on several threads (attnvis render)
+            cached = self._cache.get((shard, number))
+            if cached is not None:
+                self._cache.move_to_end((shard, number))
+                return cached
+            group = _arrays(_pq().ParquetFile(self.shards[shard]).read_row_group(number), self.layout)
+            self._cache[(shard, number)] = group
+            if len(self._cache) > 4:
+                self._cache.popitem(last=False)
+            return group
+
+    def array(self) -> np.ndarray:
+        """Every image's maps, float32 ``[images, layers, h, w]`` in key order (the mapping's order)."""
+        h, w = self.layout.grid
+        out = np.empty((len(self), self.layout.layers, h, w), np.float32)
+        order = {key: i for i, key in enumerate(self._index)}
+        for path in self.shards:
+            table = _pq().read_table(path, columns=["image", *(f"layer_{i}" for i in range(self.layout.layers))])
+            rows = [order[key] for key in table.column("image").to_pylist()]
+            out[rows] = _arrays(table, self.layout, extras=False)["layers"].reshape(len(rows), -1, h, w)
+        out.flags.writeable = False
+        return out
+
+    def table(self):
+        """The whole store as one pyarrow Table, sorted by ``image``."""
+        pa = _pa()
+        tables = [_pq().read_table(path) for path in self.shards]
+        return pa.concat_tables(tables).sort_by("image").replace_schema_metadata(tables[0].schema.metadata)
+
+    def to_pandas(self):
+        """The whole store as a pandas DataFrame (one row per image; map columns hold arrays)."""
+        return self.table().to_pandas()
+
+
+def _column(table, name: str, width: int) -> np.ndarray:
+    """A fixed-size-list float32 column → read-only [rows, width]."""
+    values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    values = values.reshape(table.num_rows, width)
+    values.flags.writeable = False
+    return values
+
+
+def _arrays(table, layout: StoreLayout, extras: bool = True) -> dict:
+    hw = layout.patches
+    layers = np.stack([_column(table, f"layer_{i}", hw) for i in range(layout.layers)], axis=1)  # (n, L, h*w)
+    layers.flags.writeable = False
+    group = {"layers": layers}
+    if extras:
+        group.update(source=table.column("source").to_pylist(), width=table.column("width").to_numpy(),
+                     height=table.column("height").to_numpy())
+        for i, heads in enumerate(layout.heads or ()):
+            group[f"heads_{i}"] = _column(table, f"heads_{i}", heads * hw)
+        if layout.rollout:
+            group["rollout"] = _column(table, "rollout", hw)
+    return group
+
+
+def load_maps(output: str | os.PathLike) -> MapStore:
+    """The map store of a batch output folder, as a read-only mapping.
+
+    Args:
+        output: the folder given to ``attnvis batch --output`` (with ``--save maps`` or ``both``).
+
+    Returns:
+        A :class:`MapStore`: ``store[key]`` is float32 ``[layers, h, w]``;
+        ``store.metadata`` the model's :class:`~attnvis.metadata.ModelMetadata`;
+        ``store.array()``, ``store.table()`` and ``store.to_pandas()`` the whole store.
+
+    Raises:
+        InputError: no store in the folder, or an inconsistent one.
+    """
+    return MapStore(output)
