@@ -169,7 +169,7 @@ def fit_batch(meta: ModelMetadata, batch_size: int, max_memory: int | None) -> B
     note = ""
     if chosen < batch_size:
         why = "not even one fits" if fits < 1 else f"{fits} fit"
-        note = (f"batch: {chosen} images per inference instead of {batch_size}: each image's maps are "
+        note = (f"batch: {chosen} per inference instead of {batch_size}: each image's maps are "
                 f"{_size(per_image)}, about {MAP_COPIES}x that per image is in flight, and the budget is "
                 f"{_size(budget)} ({why}; --max-memory to change it)")
     return BatchFit(chosen, per_image, budget, note)
@@ -190,4 +190,7 @@ def parse_size(text: str) -> int:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GiB" else f"{n / scale:.0f} {unit}"
+    return f"{n} B"
