@@ -15,8 +15,8 @@ the CPU work::
 
 so that both stages run at about the same rate, ``cores / (infer + render)``
 images per second, which is all the cores can give. A session with that many
-threads is opened between two batches (a fraction of one
-inference-bound batch's time). The workers stay at one per core: a worker without an
+threads replaces the first one between two batches (a fraction of one
+inference-bound batch's time), in place, so that its memory is freed first. The workers stay at one per core: a worker without an
 image to decode or render sleeps, so they take only render's share, and one
 per core keeps a render-bound model's cores busy while ORT waits for them.
 ``--threads`` and ``--workers`` still set either by hand; the run's summary
@@ -56,15 +56,15 @@ class CoreSplit:
 
     Args:
         cores: the cores the run may use.
-        reopen: opens the model with a given number of intra-op threads.
+        set_threads: re-opens the run's model session with a number of intra-op threads.
         images: images of inference to time before settling (the first batch).
     """
 
     RENDERS = 2  # renders timed before settling: the first of the first batch, done while the driver waits
     WAIT_S = 60.0  # at most, for those renders
 
-    def __init__(self, cores: int, reopen: Callable[[int], object], images: int):
-        self.cores, self.reopen, self.images = cores, reopen, images
+    def __init__(self, cores: int, set_threads: Callable[[int], None], images: int):
+        self.cores, self.set_threads, self.images = cores, set_threads, images
         self.threads = 1
         self._cpu = {"infer": [0.0, 0], "decode": [0.0, 0], "render": [0.0, 0]}  # CPU seconds, images
         self._lock = threading.Lock()
@@ -85,23 +85,25 @@ class CoreSplit:
         finally:
             self._add(stage, time.thread_time() - start, 1)
 
-    def infer(self, session, fn: Callable, tensors: list, *args):
-        """``fn(session, tensors, *args)``: one batch on the driver, timed while measuring."""
+    def infer(self, fn: Callable, tensors: list, *args):
+        """``fn(tensors, *args)``: one batch on the driver, timed while measuring.
+
+        Before it, once the first batch is timed, the split is settled: the
+        driver waits for the first renders, then re-opens the session with the
+        settled threads when they are more than one (a fraction of one
+        inference-bound batch's time).
+        """
         if not self.measuring:
-            return fn(session, tensors, *args)
+            return fn(tensors, *args)
+        if self._cpu["infer"][1] >= self.images:
+            self._settle()
+            return fn(tensors, *args)
         start = time.thread_time()  # one ORT thread computes on the calling thread: this is all its CPU
-        result = fn(session, tensors, *args)
+        result = fn(tensors, *args)
         self._add("infer", time.thread_time() - start, len(tensors))
         return result
 
-    def session(self, current):
-        """The session for the next batch: ``current``, or one with the settled threads once the first batch is timed.
-
-        Called between batches on the driver. Opening a session takes a
-        fraction of one inference-bound batch, so the driver waits for it.
-        """
-        if not self.measuring or self._cpu["infer"][1] < self.images:
-            return current
+    def _settle(self) -> None:
         self._rendered.wait(self.WAIT_S)
         with self._lock:
             per_image = {stage: cpu / n if n else 0.0 for stage, (cpu, n) in self._cpu.items()}
@@ -110,7 +112,8 @@ class CoreSplit:
         self.note = (f"threads: {self.threads} for ONNX Runtime of {self.cores} cores, from the CPU time per image "
                      f"of the first batch: inference {1000 * per_image['infer']:.0f} ms, decode + render "
                      f"{1000 * work:.0f} ms (--threads to set)")
-        return current if self.threads == 1 else self.reopen(self.threads)
+        if self.threads > 1:
+            self.set_threads(self.threads)
 
     def _add(self, stage: str, seconds: float, images: int) -> None:
         with self._lock:

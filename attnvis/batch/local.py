@@ -103,8 +103,7 @@ class LocalEngine:
         if self.split is None:
             maps, predictions = infer(self.session, tensors, self.batch_size)
         else:
-            self.session = self.split.session(self.session)
-            maps, predictions = self.split.infer(self.session, infer, tensors, self.batch_size)
+            maps, predictions = self.split.infer(lambda *args: infer(self.session, *args), tensors, self.batch_size)
         for (item, decoded), attn, prediction in zip(batch, maps, predictions):
             while len(rendering) >= in_flight:
                 sink(rendering.popleft().result())

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -270,8 +270,7 @@ def _engine(config: BatchConfig, session, plan, root: Path):
     fit = fit_batch(session.metadata, config.batch_size, config.max_memory)
     split = None
     if config.threads is None and config.backend == "ort" and session.device == "cpu":
-        cores = available_cores()
-        split = CoreSplit(cores, lambda threads: open_session(replace(config, threads=threads)), fit.batch_size)
+        split = CoreSplit(available_cores(), session.set_threads, fit.batch_size)
     engine = LocalEngine(session, plan, root, fit.batch_size, config.workers, config.max_pixels, split)
     engine.notes.append(fit.note)
     return engine

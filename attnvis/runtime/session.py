@@ -43,6 +43,8 @@ class OrtSession:
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  io_binding: bool | None = None, cuda_graph: bool = False):
+        self._opened = dict(path=path, device=device, io_binding=io_binding, cuda_graph=cuda_graph)  # for set_threads
+        self.threads = threads
         self.session = ort_session(path, device, _options(threads), cuda_graph=cuda_graph)
         self.providers = self.session.get_providers()
         try:
@@ -54,6 +56,15 @@ class OrtSession:
         use_binding = self.device == "cuda" if io_binding is None else io_binding or cuda_graph
         self.binder = Binder(self.session, self.device, self.metadata.reduction == "none", cuda_graph) \
             if use_binding else None
+
+    def set_threads(self, threads: int | None) -> None:
+        """Re-open the model with ``threads`` intra-op threads, in place.
+
+        The old ORT session, with its memory arena, is released before the new
+        one is made, so that a run never holds two.
+        """
+        self.session = self.binder = None
+        self.__init__(threads=threads, **self._opened)
 
     @property
     def provider(self) -> str:

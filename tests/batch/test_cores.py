@@ -42,22 +42,37 @@ def _burn(seconds: float) -> None:
 
 
 @pytest.mark.parametrize("infer_s,render_s,threads", [(0.08, 0.002, 2), (0.002, 0.06, 1)])
-def test_split_times_the_first_batch_then_reopens_once(infer_s, render_s, threads):
+def test_split_times_the_first_batch_then_sets_the_threads_once(infer_s, render_s, threads):
     opened = []
-    split = CoreSplit(2, lambda t: opened.append(t) or f"session-{t}", images=4)
+    split = CoreSplit(2, opened.append, images=4)
 
-    def infer(session, tensors):
+    def infer(tensors):
         _burn(infer_s * len(tensors))
-        return session
+        return len(tensors)
 
-    assert split.session("first") == "first"  # nothing timed yet
-    assert split.infer("first", infer, [0] * 4) == "first"
+    assert split.infer(infer, [0] * 4) == 4  # the first batch, timed
+    assert split.measuring and opened == []
     for stage in ("decode", "render", "render"):
         split.timed(stage, _burn, render_s / 2)
-    assert split.session("first") == ("first" if threads == 1 else "session-2")
+    assert split.infer(infer, [0] * 4) == 4  # settled before the second batch
     assert split.threads == threads and opened == ([] if threads == 1 else [2])
     assert f"threads: {threads} for ONNX Runtime of 2 cores" in split.note
-    assert split.session("later") == "later" and len(opened) <= 1  # settled once
+    split.infer(infer, [0] * 4)
+    assert len(opened) <= 1  # settled once
+
+
+def test_set_threads_reopens_the_session_in_place(tiny_batch_model):
+    from attnvis.runtime import OrtSession
+
+    session = OrtSession(tiny_batch_model, device="cpu", threads=1)
+    x = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
+    before = session.run(x)
+    old = session.session
+    session.set_threads(2)
+    assert session.session is not old and session.threads == 2
+    after = session.run(x)
+    for a, b in zip(before.maps, after.maps):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
 def test_full_maps_at_518_px_get_a_batch_that_fits():
