@@ -1,6 +1,8 @@
 """``attnvis batch`` at real-model scale on the CPU: threads chosen by measured cost, ``--reduce cls`` against full maps.
 
     python benchmarks/bench_scale.py --json benchmarks/results/cpu-scale.json
+    python benchmarks/bench_scale.py --timm vit_base_patch16_224 --sizes 224 --no-default --json benchmarks/results/cpu-scale-vit-b.json
+    python benchmarks/bench_scale.py --only-default --default-counts 200,1000 --json benchmarks/results/cpu-scale-default.json
 
 The model is a DINOv2-S/14 with registers (timm ``vit_small_patch14_reg4_dinov2``,
 seeded random weights saved to a local file and passed with ``--weights``),
@@ -36,28 +38,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_batch import PeakRSS, _link, make_images  # noqa: E402
 
 TIMM = "vit_small_patch14_reg4_dinov2"
+SHORT = {TIMM: "dinov2s"}  # export file names
 FULL_BATCH = ["--max-memory", "20G"]  # keep batch 8 for the full maps
 CLI = str(Path(sys.executable).with_name("attnvis"))  # the console script beside this Python
 
 
-def make_weights(path: Path) -> Path:
-    """Seeded random weights of the DINOv2-S/14 (reg4) architecture, as a local safetensors file."""
+def make_weights(path: Path, name: str) -> Path:
+    """Seeded random weights of timm's ``name`` architecture, as a local safetensors file."""
     if not path.exists():
         import timm
         import torch
         from safetensors.torch import save_file
 
         torch.manual_seed(0)
-        model = timm.create_model(TIMM, pretrained=False)
+        model = timm.create_model(name, pretrained=False)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
 
 
-def export(work: Path, weights: Path, size: int, reduce: str) -> Path:
-    """``attnvis export`` of the model at ``size`` px with ``--reduce``; cached in ``work``."""
-    out = work / f"dinov2s_{size}_{reduce}.onnx"
+def export(work: Path, name: str, weights: Path, size: int, reduce: str) -> Path:
+    """``attnvis export`` of timm's ``name`` at ``size`` px with ``--reduce``; cached in ``work``."""
+    out = work / f"{SHORT.get(name, name)}_{size}_{reduce}.onnx"
     if not out.exists():
-        cmd = ["attnvis", "export", "--model", f"timm:{TIMM}", "--weights", str(weights), "--image-size",
+        cmd = ["attnvis", "export", "--model", f"timm:{name}", "--weights", str(weights), "--image-size",
                f"{size}x{size}", "--reduce", reduce, "--output", str(out)]
         subprocess.run([CLI, *cmd[1:]], check=True, stdout=subprocess.DEVNULL)
     return out
@@ -100,27 +103,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--counts", default="16,48", help="the two image counts of the marginal rate")
     parser.add_argument("--default-counts", default="48,192", help="the same for the (fast) default model")
     parser.add_argument("--sizes", default="224,336,518", help="image sizes of the table against N")
+    parser.add_argument("--timm", default=TIMM, help="the timm architecture (random weights)")
+    parser.add_argument("--no-default", action="store_true", help="skip the default model's variants")
+    parser.add_argument("--only-default", action="store_true", help="only the default model's variants")
     parser.add_argument("--json", default="bench_scale.json")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="attnvis-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     counts = tuple(int(n) for n in args.counts.split(","))
     default_counts = tuple(int(n) for n in args.default_counts.split(","))
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [] if args.only_default else [int(s) for s in args.sizes.split(",")]
 
-    weights = make_weights(work / "dinov2_s.safetensors")
-    models = {(size, reduce): str(export(work, weights, size, reduce)) for size in sizes for reduce in ("none", "cls")}
+    models = {}
+    if sizes:
+        weights = make_weights(work / f"{SHORT.get(args.timm, args.timm)}.safetensors", args.timm)
+        models = {(size, reduce): str(export(work, args.timm, weights, size, reduce))
+                  for size in sizes for reduce in ("none", "cls")}
     photos = make_images(work / "photos", max(*counts, *default_counts))
     for n in {*counts, *default_counts}:
         _link(photos[:n], work / "photos", work / f"in_{n}")
 
-    big = max(sizes)
+    big = max(sizes, default=0)
     variants = {  # name: (model, flags, counts)
         **{f"{reduce}-{big}-{threads}": (models[big, reduce], (FULL_BATCH if reduce == "none" else [])
                                          + ([] if threads == "auto" else ["--threads", threads[1:]]), counts)
-           for reduce in ("none", "cls") for threads in ("auto", "t1", "t2")},
+           for reduce in ("none", "cls") for threads in ("auto", "t1", "t2") if sizes},
         **{f"default-{threads}": ("default", [] if threads == "auto" else ["--threads", threads[1:]], default_counts)
-           for threads in ("auto", "t1", "t2")},
+           for threads in ("auto", "t1", "t2") if not args.no_default},
         **{f"{reduce}-{size}-auto": (models[size, reduce], FULL_BATCH if reduce == "none" else [], counts)
            for size in sizes if size != big for reduce in ("none", "cls")},
     }
@@ -131,21 +140,21 @@ def main(argv: list[str] | None = None) -> None:
         for name, (model, flags, n) in variants.items():
             runs[name][n[step]] = batch(work / f"in_{n[step]}", work / "out", model, flags)
             print(name, n[step], runs[name][n[step]], flush=True)
-    budget = batch(work / f"in_{counts[0]}", work / "out", models[big, "none"], ["--max-memory", "6G"])
+    budget = batch(work / f"in_{counts[0]}", work / "out", models[big, "none"], ["--max-memory", "6G"]) if sizes else None
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "model": f"timm {TIMM}, random weights (--weights), {big} px", "photos": "640x480 JPEG", "batch_size": 8,
+              "model": f"timm {args.timm}, random weights (--weights), {big} px", "photos": "640x480 JPEG", "batch_size": 8,
               "counts": counts, "default_counts": default_counts, "minutes": round((time.time() - started) / 60, 1),
               "load_average_end": os.getloadavg(),
               "variants": {name: summarize(r, variants[name][2]) for name, r in runs.items()},
               "none_with_6G_budget": budget}
     v = result["variants"]
     best = {kind: max(v[f"{kind}-t1"]["images_per_s"], v[f"{kind}-t2"]["images_per_s"])
-            for kind in (f"none-{big}", f"cls-{big}", "default")}
-    result["checks"] = {
-        "cls_rss_over_none": round(v[f"cls-{big}-auto"]["peak_rss_mb"] / v[f"none-{big}-auto"]["peak_rss_mb"], 3),
-        "cls_rate_over_none": round(v[f"cls-{big}-auto"]["images_per_s"] / v[f"none-{big}-auto"]["images_per_s"], 3),
-        **{f"{kind}_auto_over_best_manual": round(v[f"{kind}-auto"]["images_per_s"] / best[kind], 3) for kind in best},
-    }
+            for kind in ((f"none-{big}", f"cls-{big}") if sizes else ()) + (() if args.no_default else ("default",))}
+    result["checks"] = {f"{kind}_auto_over_best_manual": round(v[f"{kind}-auto"]["images_per_s"] / best[kind], 3)
+                        for kind in best}
+    if sizes:
+        result["checks"]["cls_rss_over_none"] = round(v[f"cls-{big}-auto"]["peak_rss_mb"] / v[f"none-{big}-auto"]["peak_rss_mb"], 3)
+        result["checks"]["cls_rate_over_none"] = round(v[f"cls-{big}-auto"]["images_per_s"] / v[f"none-{big}-auto"]["images_per_s"], 3)
     result["by_n"] = [{"size": size, "reduce": reduce, "images_per_s": v[f"{reduce}-{size}-auto"]["images_per_s"],
                        "peak_rss_mb": v[f"{reduce}-{size}-auto"]["peak_rss_mb"]}
                       for size in sizes for reduce in ("none", "cls")]

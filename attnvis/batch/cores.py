@@ -14,16 +14,17 @@ the CPU work::
     threads = clamp(round(cores * infer / (infer + render)), 1, cores)
 
 so that both stages run at about the same rate, ``cores / (infer + render)``
-images per second, which is all the cores can give. A session with that many
-threads replaces the first one between two batches (a fraction of one
-inference-bound batch's time), in place, so that its memory is freed first. The workers stay at one per core: a worker without an
-image to decode or render sleeps, so they take only render's share, and one
-per core keeps a render-bound model's cores busy while ORT waits for them.
+images per second, which is all the cores can give. The session is
+re-opened with that many threads before the second batch (a fraction of one
+inference-bound batch's time), in place, so that the first one's memory is
+freed first. The workers stay at one per core: a worker without an image to
+decode or render sleeps, so they take only render's share, and one per core
+keeps a render-bound model's cores busy while ORT waits for them.
 ``--threads`` and ``--workers`` still set either by hand; the run's summary
 says what was measured and chosen.
 
 **Memory for full maps.** With ``--reduce none`` every image carries
-heads × Q × K floats per layer (540 MB for a ViT-S at 518 px), and a batch's
+heads × Q × K floats per layer (544 MB for a DINOv2-S/14 at 518 px), and a batch's
 maps exist about three times over at the peak: ONNX Runtime's output
 buffers, the arrays handed to Python, and the previous batch still rendering
 (the render window). :func:`fit_batch` picks the largest batch up to the

@@ -26,6 +26,17 @@ from attnvis.render.writers import write_bytes_atomic
 from attnvis.export.report import MAP_TOLERANCE, OUTPUT_TOLERANCE, ExportReport, save_model  # noqa: F401 - re-exported
 
 OPSET = 20
+# CLS rows (``--reduce cls``) leave the model's own attention as ``F.scaled_dot_product_attention``,
+# which opset 23 exports as ONNX's fused ``Attention`` op instead of MatMul-Softmax-MatMul: ONNX
+# Runtime (1.23 on) then holds no batch-wide (heads, N, N) probabilities (peak RSS 2.2 instead of
+# 3.6 GB for a DINOv2-S/14 at 518 px, batch 8; benchmarks/RESULTS.md). The other exports compute
+# every map explicitly anyway and stay at OPSET.
+CLS_ROW_OPSET = 23
+
+
+def opset_for(meta: ModelMetadata) -> int:
+    """The opset an export with ``meta``'s reduction and tokens is written in."""
+    return CLS_ROW_OPSET if meta.reduction == "cls" and meta.tokens.cls_index is not None else OPSET
 
 
 def build_metadata(source: ModelSource, reduction: str) -> ModelMetadata:
@@ -50,7 +61,7 @@ def _trace(source: ModelSource, meta: ModelMetadata) -> onnx.ModelProto:
     dynamic = tuple({0: batch} for _ in names)
     with capture_for(source.model, meta.reduction, meta.tokens) as recorder, quiet_export():
         wrapper = AttentionOutputs(source.model, recorder, meta.tokens, meta.reduction).eval()
-        program = torch.onnx.export(wrapper, source.example_inputs, dynamo=True, opset_version=OPSET,
+        program = torch.onnx.export(wrapper, source.example_inputs, dynamo=True, opset_version=opset_for(meta),
                                     input_names=names, output_names=meta.model_outputs + meta.attn_outputs,
                                     dynamic_shapes=(dynamic,), external_data=False, verbose=False)
     return program.model_proto

@@ -72,7 +72,9 @@ def sdpa_row(row: int, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, 
     if attn_mask is not None and attn_mask.is_floating_point():
         out, _ = sdpa_math(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+        # A mask broadcast over the queries, spelled out: ONNX Runtime's Attention kernel wants one row per query.
+        mask = None if attn_mask is None else attn_mask.expand(*attn_mask.shape[:-2], q.size(-2), k.size(-2))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
                                              scale=scale, enable_gqa=enable_gqa)
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         # A query that sees no key: zeros from PyTorch, uniform weights from the exported graph; keep PyTorch's.

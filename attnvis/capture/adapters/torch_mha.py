@@ -38,9 +38,7 @@ def _weights_row(module: nn.MultiheadAttention, row: int, query, key, value, kwa
     ``forward`` is called directly (no hooks) on the one query token: its key
     and value projections run again, but no (L, S) matrix is made.
     """
-    mask = kwargs.get("attn_mask")
-    if kwargs.get("is_causal") and mask is None:
-        raise ValueError("nn.MultiheadAttention: is_causal needs attn_mask")  # as the module itself says
+    mask = kwargs.get("attn_mask")  # is_causal is only a hint beside it: the mask's row says it all
     if mask is not None and mask.dim() >= 2 and mask.size(-2) > 1:
         mask = mask[..., row:row + 1, :]
     _, weights = module.forward(_query_row(module, query, row), key, value, key_padding_mask=kwargs.get("key_padding_mask"),
