@@ -16,8 +16,10 @@ Rates are marginal: each variant runs over ``--counts`` images (16 and 48),
 and images/s = (48 − 16) / (seconds of the 48 run − seconds of the 16 run),
 from the runs' own summaries (processing time, without setup), so the first
 batch (timed at one ORT thread) and the one-time costs cancel out. The
-variants alternate (all at 16, then all at 48). Peak RSS is sampled over the
-process every 20 ms; the larger of its two runs is reported. Full-map runs
+variants alternate (all at 16, then all at 48), for ``--rounds`` rounds;
+each number is the median over the rounds (every round is in the JSON).
+Peak RSS is sampled over the process every 20 ms; per round the larger of
+its two runs. Full-map runs
 get ``--max-memory 20G`` so they keep batch 8 (the comparison the issue asks
 for); one more run shows the batch a smaller budget chooses.
 """
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,11 +93,16 @@ def batch(inputs: Path, out: Path, model: str, extra: list[str]) -> dict:
             "command": " ".join(["attnvis", *cmd[1:]])}
 
 
-def summarize(runs: dict, counts: tuple[int, int]) -> dict:
-    small, large = runs[counts[0]], runs[counts[1]]
-    marginal = (counts[1] - counts[0]) / max(large["seconds"] - small["seconds"], 1e-9)
-    return {"images_per_s": round(marginal, 3), "peak_rss_mb": max(small["peak_rss_mb"], large["peak_rss_mb"]),
-            "cores_busy": large["cores_busy"], "notes": large["notes"], "runs": {str(k): v for k, v in runs.items()}}
+def summarize(rounds: list[dict], counts: tuple[int, int]) -> dict:
+    """Per round the marginal rate and the peak RSS of its two runs; their medians over the rounds."""
+    rates, peaks = [], []
+    for runs in rounds:
+        small, large = runs[counts[0]], runs[counts[1]]
+        rates.append(round((counts[1] - counts[0]) / max(large["seconds"] - small["seconds"], 1e-9), 3))
+        peaks.append(max(small["peak_rss_mb"], large["peak_rss_mb"]))
+    return {"images_per_s": statistics.median(rates), "peak_rss_mb": statistics.median(peaks), "rates": rates,
+            "peaks_mb": peaks, "cores_busy": rounds[-1][counts[1]]["cores_busy"], "notes": rounds[-1][counts[1]]["notes"],
+            "runs": [{str(k): v for k, v in runs.items()} for runs in rounds]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timm", default=TIMM, help="the timm architecture (random weights)")
     parser.add_argument("--no-default", action="store_true", help="skip the default model's variants")
     parser.add_argument("--only-default", action="store_true", help="only the default model's variants")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant; medians are reported")
     parser.add_argument("--json", default="bench_scale.json")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="attnvis-scale-"))
@@ -134,16 +143,18 @@ def main(argv: list[str] | None = None) -> None:
            for size in sizes if size != big for reduce in ("none", "cls")},
     }
     batch(work / f"in_{default_counts[0]}", work / "warmup", "default", [])  # numba's cache, page cache
-    runs: dict[str, dict] = {name: {} for name in variants}
+    runs: dict[str, list[dict]] = {name: [{} for _ in range(args.rounds)] for name in variants}
     started = time.time()
-    for step in (0, 1):  # every variant at the small count, then every variant at the large one
-        for name, (model, flags, n) in variants.items():
-            runs[name][n[step]] = batch(work / f"in_{n[step]}", work / "out", model, flags)
-            print(name, n[step], runs[name][n[step]], flush=True)
+    for r in range(args.rounds):
+        for step in (0, 1):  # every variant at the small count, then every variant at the large one
+            for name, (model, flags, n) in variants.items():
+                runs[name][r][n[step]] = batch(work / f"in_{n[step]}", work / "out", model, flags)
+                print(r, name, n[step], runs[name][r][n[step]], flush=True)
     budget = batch(work / f"in_{counts[0]}", work / "out", models[big, "none"], ["--max-memory", "6G"]) if sizes else None
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "model": f"timm {args.timm}, random weights (--weights), {big} px", "photos": "640x480 JPEG", "batch_size": 8,
-              "counts": counts, "default_counts": default_counts, "minutes": round((time.time() - started) / 60, 1),
+              "counts": counts, "default_counts": default_counts, "rounds": args.rounds,
+              "minutes": round((time.time() - started) / 60, 1),
               "load_average_end": os.getloadavg(),
               "variants": {name: summarize(r, variants[name][2]) for name, r in runs.items()},
               "none_with_6G_budget": budget}
