@@ -24,11 +24,12 @@ keeps a render-bound model's cores busy while ORT waits for them.
 says what was measured and chosen.
 
 **Memory for full maps.** With ``--reduce none`` every image carries
-heads × Q × K floats per layer (544 MB for a DINOv2-S/14 at 518 px), and a batch's
-maps exist about three times over at the peak: ONNX Runtime's output
-buffers, the arrays handed to Python, and the previous batch still rendering
-(the render window). :func:`fit_batch` picks the largest batch up to the
-asked one whose maps fit a budget (``--max-memory``, default
+heads × Q × K floats per layer (544 MB for a DINOv2-S/14 at 518 px). At the
+peak a run holds the batch being inferred and part of the one before, still
+rendering (the render window): 1.3 times a batch's maps were measured beyond
+a fixed 1.2 GB at 518 px (batch 3 and 8, benchmarks/RESULTS.md), and the
+budget counts :data:`MAP_COPIES`. :func:`fit_batch` picks the largest batch
+up to the asked one whose maps fit it (``--max-memory``, default
 :data:`MEMORY_SHARE` of the memory available at the start).
 """
 
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from attnvis.metadata import ModelMetadata
 
 MEMORY_SHARE = 0.6  # of the memory available at the start, for the maps in flight
-MAP_COPIES = 3  # a batch's maps at the peak: ORT's outputs, their NumPy copies, the batch before still rendering
+MAP_COPIES = 2  # a batch's maps in flight at the peak: 1.3 measured (the batch, part of the one before), with room
 
 
 def split_cores(cores: int, infer_s: float, render_s: float) -> int:

@@ -79,9 +79,9 @@ def test_full_maps_at_518_px_get_a_batch_that_fits():
     assert map_bytes(dinov2_s("none")) == 4 * 12 * 6 * 1374 ** 2  # 544 MB (519 MiB) an image
     assert map_bytes(dinov2_s("cls")) == 4 * 12 * (1374 - 5)
     fit = fit_batch(dinov2_s("none"), 8, parse_size("6G"))
-    assert fit.batch_size == 3  # 6 GiB / (3 copies x 544 MB)
-    assert fit.note == ("batch: 3 per inference instead of 8: each image's maps are 519 MiB, about 3x that per image "
-                        "is in flight, and the budget is 6.0 GiB (3 fit; --max-memory to change it)")
+    assert fit.batch_size == 5  # 6 GiB / (2 copies x 519 MiB)
+    assert fit.note == ("batch: 5 per inference instead of 8: each image's maps are 519 MiB, about 2x that per image "
+                        "is in flight, and the budget is 6.0 GiB (5 fit; --max-memory to change it)")
     assert fit_batch(dinov2_s("cls"), 8, parse_size("6G")) == fit_batch(dinov2_s("cls"), 8, parse_size("6G"))
     assert fit_batch(dinov2_s("cls"), 8, parse_size("6G")).note == ""
     tiny = fit_batch(dinov2_s("none"), 8, parse_size("100M"))
@@ -117,7 +117,7 @@ def test_batch_summary_says_what_it_chose(tiny_batch_model, tmp_path):
     manual = run_batch(BatchConfig([str(photos)], str(tmp_path / "manual"), model=tiny_batch_model, device="cpu",
                                    batch_size=4, progress=False, gallery=False, threads=1, max_memory=1))
     assert manual.done == 12
-    assert manual.notes == ["batch: 1 per inference instead of 4: each image's maps are 5 KiB, about 3x that "
+    assert manual.notes == ["batch: 1 per inference instead of 4: each image's maps are 5 KiB, about 2x that "
                             "per image is in flight, and the budget is 1 B (not even one fits; --max-memory to change it)"]
     same = [p.relative_to(tmp_path / "auto") for p in sorted((tmp_path / "auto").rglob("*.png"))]
     assert len(same) == 12 * 4  # overlay and heatmap of 2 layers
