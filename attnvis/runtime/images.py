@@ -50,14 +50,15 @@ def probe(data: bytes, name: str, max_pixels: int) -> str:
     if not data:
         raise InputError(f"{name}: the file is empty (0 bytes)")
     try:
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and max_pixels > 2 * limit:  # PIL refuses past twice its limit: the user raised ours
-            Image.MAX_IMAGE_PIXELS = max_pixels
         with Image.open(io.BytesIO(data)) as im:  # header only: no pixel is decoded here
             fmt, mode, (width, height) = im.format or "image", im.mode, im.size
-    except Image.DecompressionBombError as err:
-        raise InputError(f"{name}: {_bomb(err)} (a decompression bomb?), over --max-pixels {max_pixels:,}; "
-                         "raise --max-pixels only for a file you trust") from None
+    except Image.DecompressionBombError as err:  # PIL's own guard, past twice its MAX_IMAGE_PIXELS
+        declared = _declared(err)
+        if declared is not None and declared <= max_pixels:
+            return "image"  # the user raised --max-pixels past PIL's guard on purpose: OpenCV decodes it
+        said = f"{declared:,} pixels" if declared is not None else "an enormous image"
+        raise InputError(f"{name}: the header declares {said} (a decompression bomb?), over --max-pixels "
+                         f"{max_pixels:,}; raise --max-pixels only for a file you trust") from None
     except UnidentifiedImageError:
         raise InputError(f"{name}: not an image in a format PIL/OpenCV can read (PNG, JPEG, WebP, BMP, TIFF, GIF)") from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL's header parsers raise these on garbage
@@ -69,10 +70,10 @@ def probe(data: bytes, name: str, max_pixels: int) -> str:
     return fmt
 
 
-def _bomb(err: Exception) -> str:
-    """What a ``DecompressionBombError`` says the header declares, in words."""
+def _declared(err: Exception) -> int | None:
+    """The pixel count a ``DecompressionBombError`` says the header declares (PIL does not tell it otherwise)."""
     found = re.search(r"\((\d+) pixels\)", str(err))
-    return f"the header declares {int(found.group(1)):,} pixels" if found else "the header declares an enormous image"
+    return int(found.group(1)) if found else None
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
