@@ -87,6 +87,19 @@ def pair(text: str, flag: str) -> tuple[int, int]:
     return h, w
 
 
+def triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    """``"0.5,0.5,0.5"`` → ``(0.5, 0.5, 0.5)``; an error naming ``flag`` otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise InputError(f"{flag} {text!r} is not three comma-separated numbers R,G,B, e.g. 0.485,0.456,0.406")
+    return values
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """``"1,8,32"`` → ``(1, 8, 32)`` (an argparse ``type``)."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnvis.cli._args import add_model_args, pair
+from attnvis.cli._args import add_model_args, pair, triple
 from attnvis.errors import InputError
 from attnvis.metadata import REDUCTIONS
 
@@ -35,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
         return instrument(args)  # an ONNX file made elsewhere: no torch needed
     check("torch", "onnxscript", what="attnvis export")
     if args.fp16 and (args.format == "torchscript" or args.infos_path):
-        from attnvis.errors import InputError
-
         raise InputError("--fp16 converts an ONNX export; it does not apply to --format torchscript or AoANet (--infos_path)")
     if args.infos_path:
         from attnvis.captioning.export import export_aoanet
@@ -65,25 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = export_onnx(source, args.output or "model.onnx", reduce=args.reduce, validate=args.validate,
                          fp16=args.fp16)
-    meta = report.metadata
-    print(f"wrote {report.path}: {len(meta.layers)} attention layers, tokens {meta.tokens.prefix_tokens} prefix + "
-          f"grid {meta.tokens.grid}, reduction {meta.reduction}{', fp16' if args.fp16 else ''}, {report.seconds:.1f} s")
-    if report.diffs:
-        print(report.table())
-    return 0
-
-
-def triple(text: str | None, flag: str) -> tuple[float, float, float] | None:
-    """``"0.5,0.5,0.5"`` → ``(0.5, 0.5, 0.5)``; an error naming ``flag`` otherwise."""
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise InputError(f"{flag} {text!r} is not three comma-separated numbers R,G,B, e.g. 0.485,0.456,0.406")
-    return values
+    return _said(report, ", fp16" if args.fp16 else "")
 
 
 def instrument(args: argparse.Namespace) -> int:
@@ -100,18 +80,11 @@ def instrument(args: argparse.Namespace) -> int:
         mean=triple(args.mean, "--mean") or defaults.mean, std=triple(args.std, "--std") or defaults.std,
         reduce=args.reduce)
     report = instrument_onnx(args.model, args.output or "model.onnx", options, validate=args.validate)
-    meta = report.metadata
-    print(f"wrote {report.path}: {len(meta.layers)} attention layers, tokens {meta.tokens.prefix_tokens} prefix + "
-          f"grid {meta.tokens.grid}, reduction {meta.reduction}, {report.seconds:.1f} s")
-    if report.diffs:
-        print(report.table())
-    return 0
+    return _said(report)
 
 
 def _file_output(output: str | None) -> None:
     """``--output`` names a file here: an existing folder is refused before the export's minutes of work."""
-    from attnvis.errors import InputError
-
     if output and Path(output).is_dir():
         raise InputError(f"--output {output} is a folder; give the file to write, e.g. {Path(output) / 'model.onnx'}")
 
@@ -124,4 +97,14 @@ def run_captioner(args: argparse.Namespace) -> int:
     model = load_hf_captioner(args.model, device="cpu")
     for path in export_hf_captioner(model, args.output or "captioner_onnx", validate=args.validate):
         print(f"wrote {path}")
+    return 0
+
+
+def _said(report, extra: str = "") -> int:
+    """Print what an export wrote and its validation table; exit code 0."""
+    meta = report.metadata
+    print(f"wrote {report.path}: {len(meta.layers)} attention layers, tokens {meta.tokens.prefix_tokens} prefix + "
+          f"grid {meta.tokens.grid}, reduction {meta.reduction}{extra}, {report.seconds:.1f} s")
+    if report.diffs:
+        print(report.table())
     return 0

@@ -195,29 +195,14 @@ def test_manifest_ignores_and_repairs_a_torn_last_line(tmp_path):
     assert [json.loads(line)["key"] for line in lines] == ["a", "b", "d"]
 
 
-def _run_until_killed(cmd: list[str], manifest: Path, lines: int, timeout: float = 120.0) -> None:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.is_file() and manifest.read_bytes().count(b"\n") >= lines:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, "the batch ended before it could be killed; give it more images"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def test_sigkill_then_resume_gives_exactly_the_files_of_an_uninterrupted_run(tiny_batch_model, tmp_path):
+def test_sigkill_then_resume_gives_exactly_the_files_of_an_uninterrupted_run(tiny_batch_model, tmp_path, run_until_killed):
     n = 48
     for i in range(n):
         save(tmp_path / "in" / f"s{i % 4}" / f"{i:03d}.jpg", scene(i, (320, 240)))
     args = [str(tmp_path / "in"), "--model", tiny_batch_model, "--device", "cpu", "--no-progress", "--batch-size", "4", "--workers", "2"]
     assert main(["batch", *args, "--output", str(tmp_path / "full")]) == 0
     killed = tmp_path / "killed"
-    _run_until_killed([sys.executable, "-m", "attnvis.cli", "batch", *args, "--output", str(killed)], killed / MANIFEST, 8)
+    run_until_killed([sys.executable, "-m", "attnvis.cli", "batch", *args, "--output", str(killed)], killed / MANIFEST, 8)
     assert 0 < len(load(killed / MANIFEST)) < n
     assert main(["batch", *args, "--output", str(killed), "--resume"]) == 0
     expected, got = tree(tmp_path / "full"), tree(killed)

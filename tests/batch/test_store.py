@@ -157,32 +157,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _run_until_killed(cmd: list[str], manifest: Path, lines: int, timeout: float = 120.0) -> None:
-    import signal
-    import time
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.is_file() and manifest.read_bytes().count(b"\n") >= lines:
-                break
-            time.sleep(0.002)
-        assert proc.poll() is None, "the batch ended before it could be killed; give it more images"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.parametrize("lines", [4, 9])  # just after a shard's manifest lines began; mid-run
-def test_sigkill_then_resume_stores_every_image_exactly_once(tiny_batch_model, tmp_path, lines):
+def test_sigkill_then_resume_stores_every_image_exactly_once(tiny_batch_model, tmp_path, lines, run_until_killed):
     images(tmp_path / "in", 40, size=(320, 240), suffix="jpg")
     args = [str(tmp_path / "in"), "--model", tiny_batch_model, "--device", "cpu", "--no-progress", "--batch-size", "4",
             "--workers", "2", "--save", "maps", "--no-gallery"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert subprocess.run([sys.executable, "-c", _KILLABLE, "batch", *args, "--output", str(full)]).returncode == 0
-    _run_until_killed([sys.executable, "-c", _KILLABLE, "batch", *args, "--output", str(killed)], killed / MANIFEST, lines)
+    run_until_killed([sys.executable, "-c", _KILLABLE, "batch", *args, "--output", str(killed)], killed / MANIFEST, lines)
     assert 0 < len(load(killed / MANIFEST)) < 40
     assert subprocess.run([sys.executable, "-c", _KILLABLE, "batch", *args, "--output", str(killed), "--resume"]).returncode == 0
     want, got = attnvis.load_maps(full), attnvis.load_maps(killed)  # load_maps refuses an image stored twice
