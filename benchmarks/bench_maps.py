@@ -20,33 +20,20 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batch import PeakRSS, _link, make_images  # noqa: E402 - the batch benchmark's images and RSS sampler
+from bench_batch import _link, make_images, run_batch  # noqa: E402 - the batch benchmark's images and runner
 
 
 def run(inputs: Path, out: Path, model: str, save: str) -> dict:
-    """One ``attnvis batch`` process: wall seconds (start to exit) and peak RSS of it and its children."""
+    """One ``attnvis batch --save SAVE`` run after ``sync``: wall time, peak RSS, its summary line."""
     shutil.rmtree(out, ignore_errors=True)
     os.sync()
-    cmd = [sys.executable, "-m", "attnvis.cli", "batch", str(inputs), "--output", str(out), "--model", model,
-           "--device", "cpu", "--no-progress", "--save", save]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    sampler = PeakRSS(proc.pid)
-    sampler.start()
-    stdout, _ = proc.communicate()
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"attnvis batch failed ({proc.returncode}):\n{stdout}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(sampler.peak / 2**20, 1), "summary": stdout.splitlines()[0]}
+    result = run_batch(inputs, out, model, ["--save", save])
+    return {key: result[key] for key in ("wall_s", "peak_rss_mb", "summary")}
 
 
 def folder_size(root: Path) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 
 from attnvis.errors import InputError
 from attnvis.metadata import Preprocess
-from attnvis.runtime.images import DEFAULT_MAX_PIXELS, SUPPORTED_MODES, probe  # noqa: F401 - the batch's names
+from attnvis.runtime.images import DEFAULT_MAX_PIXELS, probe
 
 @dataclass
 class Decoded:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import math
-import pathlib
 from dataclasses import dataclass
 from importlib import resources
 from typing import NamedTuple

@@ -12,7 +12,7 @@ _LAZY = {
     "AttentionMaps": "attnvis.runtime.maps",
     "load_image": "attnvis.runtime.images",
     "preprocess": "attnvis.runtime.images",
-    "DEVICES": "attnvis.runtime.session",
+    "DEVICES": "attnvis.runtime.device",
     "OrtSession": "attnvis.runtime.session",
     "TorchSession": "attnvis.runtime.torch_backend",
 }

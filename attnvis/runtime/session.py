@@ -10,7 +10,7 @@ from attnvis.errors import InputError, ModelError
 from attnvis.metadata import ModelMetadata
 from attnvis.runtime.maps import AttentionMaps
 from attnvis.runtime._iobind import Binder
-from attnvis.runtime.device import CUDA, DEVICES, ort_session  # noqa: F401 - DEVICES: the CLI's choices
+from attnvis.runtime.device import CUDA, ort_session
 from attnvis.runtime.images import preprocess
 
 

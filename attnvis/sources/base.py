@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from attnvis.errors import InputError, ModelError
+from attnvis.errors import InputError
 from attnvis.metadata import Preprocess, TokenLayout
 
 
