@@ -26,12 +26,16 @@ class WindowLayout:
     shifted block, rolled by ``-shift`` along both axes first (as
     ``torch.roll(x, (-shift, -shift))``). Windows are numbered row-major over
     the padded grid; a key's index inside its window is row-major too.
+    torchvision does not shift along an axis whose padded size is no larger
+    than the window, so its shift can differ between the axes.
 
     Attributes:
         stage: the stage (resolution level) the block belongs to, from 0.
         grid: the stage's token grid ``(h, w)`` before padding.
         window: the window side, in tokens (``Q = K = window²``).
-        shift: the cyclic shift, in tokens; 0 for an unshifted block.
+        shift: the cyclic shift, in tokens; 0 for an unshifted block; a pair
+            ``(rows, columns)`` where it differs between the axes (a pair
+            equal on both axes is stored as one int; :attr:`shifts` gives both).
         roll_before_pad: the block rolls the unpadded grid and pads it after
             (timm); ``False``: it pads first and rolls the padded grid
             (Hugging Face, torchvision). The same where no padding is needed.
@@ -40,8 +44,19 @@ class WindowLayout:
     stage: int
     grid: tuple[int, int]
     window: int
-    shift: int = 0
+    shift: int | tuple[int, int] = 0
     roll_before_pad: bool = False
+
+    def __post_init__(self) -> None:
+        # one int where both axes agree: Hugging Face / timm layouts (and their JSON) stay as they were
+        if isinstance(self.shift, (tuple, list)):
+            rows, cols = (int(s) for s in self.shift)
+            object.__setattr__(self, "shift", rows if rows == cols else (rows, cols))
+
+    @property
+    def shifts(self) -> tuple[int, int]:
+        """The cyclic shift along (rows, columns)."""
+        return (self.shift, self.shift) if isinstance(self.shift, int) else self.shift
 
     @property
     def padded(self) -> tuple[int, int]:

@@ -138,12 +138,14 @@ class BatchFit:
 
 def map_bytes(meta: ModelMetadata) -> int:
     """Bytes of one image's maps as the model outputs them (float32)."""
-    if meta.reduction == "cls":
-        per_layer = [layer.k_len - meta.tokens.prefix_tokens for layer in meta.layers]
+    windows = [1 if layer.window is None else layer.window.num_windows for layer in meta.layers]  # Swin: per window
+    if meta.reduction == "cls":  # a windowed block's is its stitched map, h·w of its stage
+        per_layer = [layer.k_len - meta.tokens.prefix_tokens if layer.window is None
+                     else layer.window.grid[0] * layer.window.grid[1] for layer in meta.layers]
     elif meta.reduction == "mean-heads":
-        per_layer = [layer.q_len * layer.k_len for layer in meta.layers]
+        per_layer = [n * layer.q_len * layer.k_len for n, layer in zip(windows, meta.layers)]
     else:
-        per_layer = [layer.heads * layer.q_len * layer.k_len for layer in meta.layers]
+        per_layer = [n * layer.heads * layer.q_len * layer.k_len for n, layer in zip(windows, meta.layers)]
     return 4 * sum(per_layer)
 
 

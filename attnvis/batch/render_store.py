@@ -1,7 +1,7 @@
 """``attnvis render OUT --output DIR``: the per-layer files of a batch's images, from its map store.
 
 The stored rows are the grids ``--save images`` renders
-(:func:`attnvis.batch.store.make_row`), and the images are decoded from the
+(:func:`attnvis.batch._store_layout.make_row`), and the images are decoded from the
 recorded sources as the batch decodes them, so every file written here
 equals, byte for byte, the file ``attnvis batch --save images`` writes for
 the same inputs and flags, under the same relative path

@@ -67,8 +67,8 @@ class RenderPlan:
 
     @cached_property
     def store_layout(self):
-        """The :class:`attnvis.batch.store.StoreLayout` of this run's rows, or ``None`` for ``--save images``."""
-        from attnvis.batch.store import layout_for
+        """The :class:`attnvis.batch._store_layout.StoreLayout` of this run's rows, or ``None`` for ``--save images``."""
+        from attnvis.batch._store_layout import layout_for
 
         return None if self.save == "images" else layout_for(self.metadata, self.store_heads)
 
@@ -77,9 +77,6 @@ def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None,
               save: str = "images", store_heads: bool = False) -> RenderPlan:
     """Check the selection and the store options against the model (one clear error each) and fix the plan."""
     layers = tuple(check_selection(meta, options))
-    if any(layer.window is not None for layer in meta.layers):
-        raise InputError("attnvis batch does not take windowed-attention (Swin) models yet: their blocks' maps have "
-                         "a resolution per stage; use 'attnvis visualize' per image")
     if save not in SAVE_MODES:
         raise InputError(f"--save {save!r} is not one of {', '.join(SAVE_MODES)}")
     if store_heads and save == "images":
@@ -138,11 +135,22 @@ def _predictions(maps, n: int) -> list[str | None]:
     return [classes[int(i)] for i in np.argmax(logits[:n], axis=1)]
 
 
-def _heads(attn: np.ndarray, options: VisualizeOptions) -> list[int | None]:
-    """The heads :func:`attnvis.visualize.layer_images` renders for one layer (``None``: the mean)."""
-    if options.head is None and not options.avg_heads and attn.ndim == 3:
-        return list(range(attn.shape[0]))
+def _heads(attn: np.ndarray, options: VisualizeOptions, windowed: bool = False) -> list[int | None]:
+    """The heads :func:`attnvis.visualize.layer_images` renders for one layer (``None``: the mean).
+
+    Per-head maps are ``[heads, Q, K]``, or ``[windows, heads, w², w²]`` for a windowed block.
+    """
+    if options.head is None and not options.avg_heads and attn.ndim == (4 if windowed else 3):
+        return list(range(attn.shape[1 if windowed else 0]))
     return [options.head]
+
+
+def _raw(attn: np.ndarray, windowed: bool) -> np.ndarray:
+    """What ``--save-raw`` writes, as :func:`attnvis.visualize.raw_map` does.
+
+    ``(1, heads, Q, K)``; a windowed block's ``(windows, heads, w², w²)`` as its module computed it.
+    """
+    return attn if windowed and attn.ndim >= 3 else attn[None]
 
 
 def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan, prediction: str | None = None) -> Rendered:
@@ -162,7 +170,8 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     opts = plan.options
     named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True))
     files, maps, last_overlay = [], [], None
-    for i, h in ((i, h) for i in plan.layers for h in _heads(attn[i], opts)):  # layer_files' order of maps
+    windowed = [layer.window is not None for layer in plan.metadata.layers]
+    for i, h in ((i, h) for i in plan.layers for h in _heads(attn[i], opts, windowed[i])):  # layer_files' order
         (over_name, last_overlay), (heat_name, heat) = next(named), next(named)
         files += [(f"{key}/{over_name}", encode_image(last_overlay, opts.format)),  # encoded before the next
                   (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # map overwrites the two arrays
@@ -171,7 +180,7 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
-            files.append((out.raw[-1], encode_npy(attn[i][None])))  # (1, heads, Q, K) as visualize writes
+            files.append((out.raw[-1], encode_npy(_raw(attn[i], windowed[i]))))  # as visualize writes
     if plan.thumbs and last_overlay is not None:
         out.thumb = f"{key}/{THUMB_NAME}"
         files.append((out.thumb, _thumbnail(last_overlay)))
@@ -187,7 +196,8 @@ def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], 
     out = Rendered(key, [], [], image.shape[:2], prediction)
     if plan.thumbs:
         small = np.ascontiguousarray(_shrink(image))
-        grid = layer_images(attn[plan.layers[-1]], plan.metadata, plan.options)[-1][1]  # the last map, as images mode
+        last = plan.layers[-1]
+        grid = layer_images(attn[last], plan.metadata, plan.options, last)[-1][1]  # the last map, as images mode
         overlay = render_map(grid, small, plan.options.colormap, plan.options.alpha, parallel=False)[1]
         out.thumb = f"{key}/{THUMB_NAME}"
         out.files.append((out.thumb, _encode_thumb(overlay)))
@@ -204,8 +214,8 @@ def gallery_grids(attn: list[np.ndarray], plan: RenderPlan) -> dict | None:
 
     from attnvis.render import head_grids
 
-    if any(attn[i].ndim != 3 for i in plan.layers):
-        return None  # reduced in-graph: no heads to show
+    if any(attn[i].ndim != 3 or plan.metadata.layers[i].window is not None for i in plan.layers):
+        return None  # reduced in-graph: no heads to show; windowed: no one grid for every layer
     layers = {}
     for i in plan.layers:
         flat = head_grids(attn[i], plan.metadata.tokens).reshape(attn[i].shape[0], -1)  # (heads, h * w)
@@ -344,7 +354,7 @@ def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction
     ``OSError`` (disk full, permissions) propagates: it would fail every image.
     With a map store, the record carries the image's row under :data:`STORE_ROW`.
     """
-    from attnvis.batch.store import make_row
+    from attnvis.batch._store_layout import make_row
 
     try:
         rendered = render(item.key, decoded.image, attn, plan, prediction)

@@ -11,7 +11,10 @@ Shards are ``OUT/maps/part-NNNNNN.parquet``, one row per image:
 
 - ``image`` (string): the manifest's key; ``source`` (string): the file read;
   ``width``, ``height`` (int32): the image's original size.
-- ``layer_{i}`` (fixed-size list of float32, h·w): layer ``i``'s map.
+- ``layer_{i}`` (fixed-size list of float32, h·w): layer ``i``'s map. For a
+  windowed block (Swin) it is the stitched map at its stage's resolution, so
+  layers of different stages have different ``h·w``; the layout's ``grids``
+  gives each layer's grid (:mod:`attnvis.batch._store_layout`).
 - ``heads_{i}`` (fixed-size list of float32, heads·h·w), with ``--store-heads``:
   every head's row, head-major.
 - ``rollout`` (fixed-size list of float32, h·w), when the model's maps are
@@ -39,7 +42,6 @@ ViT-B, so a million images make ~250 files, and a crash loses at most
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import re
@@ -47,19 +49,18 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from attnvis.batch._store_layout import StoreLayout, StoreRow, identity
 from attnvis.errors import InputError
-from attnvis.metadata import PROP_PREFIX, ModelMetadata
+from attnvis.metadata import ModelMetadata
 
 STORE_DIR = "maps"
 SHARD_ROWS = 4096
 SHARD_SECONDS = 60.0
 ROW_GROUP = 1024  # rows read together when one image is looked up
-FORMAT = 1
 STORE_PROP = "attnvis.store"
 _SHARD = re.compile(r"part-(\d{6})\.parquet")
 _WHAT = "the map store (attnvis batch --save maps)"
@@ -73,96 +74,6 @@ def _pa():
 def _pq():
     from attnvis._optional import require
     return require("pyarrow.parquet", _WHAT)
-
-
-# --------------------------------------------------------------------------- layout and rows
-
-
-@dataclass(frozen=True)
-class StoreLayout:
-    """What a store's rows hold.
-
-    Attributes:
-        layers: number of layers.
-        grid: the patch grid ``(h, w)``.
-        heads: per layer, its number of heads when per-head rows are stored, else ``None``.
-        rollout: whether the ``rollout`` column is stored.
-    """
-
-    layers: int
-    grid: tuple[int, int]
-    heads: tuple[int, ...] | None = None
-    rollout: bool = False
-
-    @property
-    def patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "layers": self.layers, "grid": list(self.grid),
-                "heads": None if self.heads is None else list(self.heads), "rollout": self.rollout}
-
-    @classmethod
-    def from_json(cls, doc: dict) -> "StoreLayout":
-        heads = doc.get("heads")
-        return cls(int(doc["layers"]), tuple(doc["grid"]), None if heads is None else tuple(heads), bool(doc.get("rollout")))
-
-
-def has_rollout(meta: ModelMetadata) -> bool:
-    """Whether the model's captured maps allow a rollout: full self-attention of one size, every layer."""
-    sizes = {(layer.q_len, layer.k_len) for layer in meta.layers}
-    return (meta.reduction in ("none", "mean-heads") and len(sizes) == 1 and all(q == k for q, k in sizes)
-            and all(layer.kind == "self" for layer in meta.layers))
-
-
-def layout_for(meta: ModelMetadata, store_heads: bool) -> StoreLayout:
-    """The layout a run stores for this model (``store_heads``: ``--store-heads``)."""
-    heads = tuple(layer.heads for layer in meta.layers) if store_heads else None
-    return StoreLayout(len(meta.layers), tuple(meta.tokens.grid), heads, has_rollout(meta))
-
-
-def identity(meta: ModelMetadata, layout: StoreLayout) -> str:
-    """Hash of what makes two stores' rows comparable: the model's metadata (not attnvis's version) and the layout."""
-    props = {k: json.loads(v) for k, v in meta.to_props().items() if k != PROP_PREFIX + "version"}
-    doc = json.dumps({"model": props, "layout": layout.to_json()}, sort_keys=True)
-    return hashlib.sha256(doc.encode()).hexdigest()[:16]
-
-
-@dataclass
-class StoreRow:
-    """One image's row, made by the render stage and written by the driver.
-
-    Attributes:
-        key: the image's key; source: the file read; height, width: its size.
-        layers: float32 [layers, h·w].
-        heads: per layer float32 [heads, h·w], or ``None``.
-        rollout: float32 [h·w], or ``None``.
-    """
-
-    key: str
-    source: str
-    height: int
-    width: int
-    layers: np.ndarray
-    heads: list[np.ndarray] | None = None
-    rollout: np.ndarray | None = None
-
-
-def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndarray], meta: ModelMetadata,
-             layout: StoreLayout) -> StoreRow:
-    """An image's store row from its captured maps (per layer, no batch axis).
-
-    The layer rows are :func:`attnvis.render.attention_grid` of each layer, so
-    rendering them gives the files ``--save images`` writes, byte for byte.
-    """
-    from attnvis.render import attention_grid, head_grids
-    from attnvis.render.rollout import rollout_row
-
-    tokens = meta.tokens
-    layers = np.stack([attention_grid(a, tokens).reshape(-1) for a in attn])  # (L, h*w)
-    heads = [head_grids(a, tokens).reshape(a.shape[0], -1) for a in attn] if layout.heads is not None else None
-    roll = rollout_row(attn, tokens) if layout.rollout else None
-    return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll)
 
 
 # --------------------------------------------------------------------------- writing
@@ -181,11 +92,11 @@ def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
                "source": pa.array([r.source for r in rows], pa.string()),
                "width": pa.array([r.width for r in rows], pa.int32()),
                "height": pa.array([r.height for r in rows], pa.int32())}
-    stacked = np.stack([r.layers for r in rows])  # (n, L, h*w)
     for i in range(layout.layers):
-        columns[f"layer_{i}"] = _fixed(pa, stacked[:, i], hw)
+        columns[f"layer_{i}"] = _fixed(pa, np.stack([r.layers[i] for r in rows]), layout.layer_patches(i))  # (n, h·w)
     for i, heads in enumerate(layout.heads or ()):
-        columns[f"heads_{i}"] = _fixed(pa, np.stack([r.heads[i] for r in rows]).reshape(len(rows), -1), heads * hw)
+        columns[f"heads_{i}"] = _fixed(pa, np.stack([r.heads[i] for r in rows]).reshape(len(rows), -1),
+                                       heads * layout.layer_patches(i))
     if layout.rollout:
         columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
     table = pa.table(columns)
@@ -333,6 +244,11 @@ def _describe(doc: dict | None) -> str:
 class MapStore(Mapping):
     """A read-only mapping from image key to its maps, float32 ``[layers, h, w]`` (see :func:`load_maps`).
 
+    Where the layers' grids differ (windowed models: each block at its
+    stage's resolution, ``layout.grids``), ``store[key]`` is a tuple of
+    per-layer ``[h_i, w_i]`` arrays instead, so ``store[key][i]`` is layer
+    ``i``'s map either way; :meth:`array` then takes one layer at a time.
+
     Attributes:
         metadata: the model's :class:`ModelMetadata`.
         layout: the :class:`StoreLayout`.
@@ -380,10 +296,11 @@ class MapStore(Mapping):
     def __contains__(self, key) -> bool:
         return key in self._index
 
-    def __getitem__(self, key: str) -> np.ndarray:
-        h, w = self.layout.grid
+    def __getitem__(self, key: str) -> np.ndarray | tuple[np.ndarray, ...]:
         group, row = self._row(key)
-        return group["layers"][row].reshape(self.layout.layers, h, w)
+        if self.layout.grids is not None:  # one grid per layer: (h_i, w_i) each
+            return tuple(column[row].reshape(self.layout.layer_grid(i)) for i, column in enumerate(group["layers"]))
+        return group["layers"][row].reshape(self.layout.layers, *self.layout.grid)
 
     def locations(self) -> dict[str, tuple[int, int]]:
         """key → (index in :attr:`shards`, row in that shard), in key order."""
@@ -393,9 +310,8 @@ class MapStore(Mapping):
         """Per layer float32 ``[heads, h, w]`` (stored with ``--store-heads``)."""
         if self.layout.heads is None:
             raise ValueError(f"{self.root}: per-head maps were not stored; run attnvis batch with --store-heads")
-        h, w = self.layout.grid
         group, row = self._row(key)
-        return [group[f"heads_{i}"][row].reshape(n, h, w) for i, n in enumerate(self.layout.heads)]
+        return [group[f"heads_{i}"][row].reshape(n, *self.layout.layer_grid(i)) for i, n in enumerate(self.layout.heads)]
 
     def rollout(self, key: str) -> np.ndarray | None:
         """The attention rollout's map ``[h, w]``, or ``None`` when the model's maps did not allow one."""
@@ -435,15 +351,30 @@ class MapStore(Mapping):
                 self._cache.popitem(last=False)
             return group
 
-    def array(self) -> np.ndarray:
-        """Every image's maps, float32 ``[images, layers, h, w]`` in key order (the mapping's order)."""
-        h, w = self.layout.grid
-        out = np.empty((len(self), self.layout.layers, h, w), np.float32)
+    def array(self, layer: int | None = None) -> np.ndarray:
+        """Every image's maps, float32 ``[images, layers, h, w]`` in key order (the mapping's order).
+
+        Args:
+            layer: only this layer's maps, ``[images, h, w]`` at its own grid
+                (the way to take a whole layer where the layers' grids differ).
+
+        Raises:
+            ValueError: ``layer`` out of range, or no ``layer`` while the layers' grids differ.
+        """
+        chosen = list(range(self.layout.layers)) if layer is None else [layer]
+        if layer is not None and not 0 <= layer < self.layout.layers:
+            raise ValueError(f"layer {layer} is out of range: the store has {self.layout.layers} layers")
+        if layer is None and self.layout.grids is not None:
+            raise ValueError(f"{self.root}: the layers' grids differ ({', '.join(f'{h}x{w}' for h, w in self.layout.grids)}"
+                             "), so they make no [images, layers, h, w] array; use store.array(layer=i) per layer")
+        h, w = self.layout.layer_grid(chosen[0])
+        out = np.empty((len(self), len(chosen), h, w), np.float32)
         order = {key: i for i, key in enumerate(self._index)}
         for path in self.shards:
-            table = _pq().read_table(path, columns=["image", *(f"layer_{i}" for i in range(self.layout.layers))])
+            table = _pq().read_table(path, columns=["image", *(f"layer_{i}" for i in chosen)])
             rows = [order[key] for key in table.column("image").to_pylist()]
-            out[rows] = _arrays(table, self.layout, extras=False)["layers"].reshape(len(rows), -1, h, w)
+            out[rows] = np.stack([_column(table, f"layer_{i}", h * w) for i in chosen], axis=1).reshape(len(rows), -1, h, w)
+        out = out if layer is None else out[:, 0]
         out.flags.writeable = False
         return out
 
@@ -466,18 +397,18 @@ def _column(table, name: str, width: int) -> np.ndarray:
     return values
 
 
-def _arrays(table, layout: StoreLayout, extras: bool = True) -> dict:
-    hw = layout.patches
-    layers = np.stack([_column(table, f"layer_{i}", hw) for i in range(layout.layers)], axis=1)  # (n, L, h*w)
-    layers.flags.writeable = False
-    group = {"layers": layers}
-    if extras:
-        group.update(source=table.column("source").to_pylist(), width=table.column("width").to_numpy(),
-                     height=table.column("height").to_numpy())
-        for i, heads in enumerate(layout.heads or ()):
-            group[f"heads_{i}"] = _column(table, f"heads_{i}", heads * hw)
-        if layout.rollout:
-            group["rollout"] = _column(table, "rollout", hw)
+def _arrays(table, layout: StoreLayout) -> dict:
+    """A row group's columns: ``layers`` (n, L, h·w), or per layer (n, h_i·w_i) where the grids differ."""
+    layers = [_column(table, f"layer_{i}", layout.layer_patches(i)) for i in range(layout.layers)]
+    if layout.grids is None:
+        layers = np.stack(layers, axis=1)  # (n, L, h*w)
+        layers.flags.writeable = False
+    group = {"layers": layers, "source": table.column("source").to_pylist(), "width": table.column("width").to_numpy(),
+             "height": table.column("height").to_numpy()}
+    for i, heads in enumerate(layout.heads or ()):
+        group[f"heads_{i}"] = _column(table, f"heads_{i}", heads * layout.layer_patches(i))
+    if layout.rollout:
+        group["rollout"] = _column(table, "rollout", layout.patches)
     return group
 
 
@@ -488,7 +419,8 @@ def load_maps(output: str | os.PathLike) -> MapStore:
         output: the folder given to ``attnvis batch --output`` (with ``--save maps`` or ``both``).
 
     Returns:
-        A :class:`MapStore`: ``store[key]`` is float32 ``[layers, h, w]``;
+        A :class:`MapStore`: ``store[key]`` is float32 ``[layers, h, w]`` (a tuple of
+        per-layer ``[h_i, w_i]`` where the layers' grids differ, as for Swin);
         ``store.metadata`` the model's :class:`~attnvis.metadata.ModelMetadata`;
         ``store.array()``, ``store.table()`` and ``store.to_pandas()`` the whole store.
 

@@ -24,7 +24,7 @@ def stitch_windows_torch(received: torch.Tensor, layout: WindowLayout) -> torch.
     if layout.roll_before_pad:  # timm: the unpadded grid was rolled, then padded
         grid = grid[:, : layout.grid[0], : layout.grid[1]]
     if layout.shift:
-        grid = torch.roll(grid, (layout.shift, layout.shift), dims=(1, 2))  # undo torch.roll(x, (-shift, -shift))
+        grid = torch.roll(grid, layout.shifts, dims=(1, 2))  # undo torch.roll(x, (-rows, -columns))
     return grid[:, : layout.grid[0], : layout.grid[1]].reshape(grid.size(0), -1)
 
 

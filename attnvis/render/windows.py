@@ -61,8 +61,8 @@ def stitch_windows(attn: np.ndarray, layout: WindowLayout, head: int | None = No
     shifted = keys.transpose(0, 2, 1, 3).reshape(ph, pw)  # the padded grid as the block saw it (rolled)
     h, w = layout.grid
     if layout.roll_before_pad:  # timm: the unpadded grid was rolled, then padded
-        return np.ascontiguousarray(np.roll(shifted[:h, :w], (layout.shift, layout.shift), axis=(0, 1)), np.float32)
-    grid = np.roll(shifted, (layout.shift, layout.shift), axis=(0, 1))  # undo torch.roll(x, (-shift, -shift))
+        return np.ascontiguousarray(np.roll(shifted[:h, :w], layout.shifts, axis=(0, 1)), np.float32)
+    grid = np.roll(shifted, layout.shifts, axis=(0, 1))  # undo torch.roll(x, (-rows, -columns))
     return np.ascontiguousarray(grid[:h, :w], dtype=np.float32)
 
 

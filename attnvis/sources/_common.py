@@ -147,5 +147,5 @@ def reject_windowed(model: nn.Module, what: str) -> None:
     if found is not None:
         raise ModelError(
             f"{what} uses windowed attention ({found}) whose windows attnvis cannot place on the image (it stitches "
-            "Hugging Face swin/swinv2 and timm swin_* blocks); use one of those or a global-attention ViT (ViT, DeiT, "
-            "BEiT, DINOv2, CLIP)")
+            "Hugging Face swin/swinv2, timm swin_* and torchvision swin_* blocks); use one of those or a "
+            "global-attention ViT (ViT, DeiT, BEiT, DINOv2, CLIP)")

@@ -11,12 +11,12 @@ def reference_stitch(attn: np.ndarray, layout: WindowLayout) -> np.ndarray:
     """Position by position: where did the block see (i, j)? Mean over heads and queries of that key."""
     h, w = layout.grid
     ph, pw = layout.padded
-    win, s = layout.window, layout.shift
+    win, (sh, sw) = layout.window, layout.shifts
     per_window = (pw // win)
     out = np.zeros((h, w), np.float64)
     for i in range(h):
         for j in range(w):
-            si, sj = (i - s) % ph, (j - s) % pw  # torch.roll(x, -s) moves position (i, j) to (i - s, j - s)
+            si, sj = (i - sh) % ph, (j - sw) % pw  # torch.roll(x, (-sh, -sw)) moves (i, j) to (i - sh, j - sw)
             n = (si // win) * per_window + sj // win
             k = (si % win) * win + sj % win
             out[i, j] = attn[n, :, :, k].mean()
@@ -35,7 +35,8 @@ def _random_attention(layout: WindowLayout, heads: int = 3, seed: int = 0) -> np
     WindowLayout(0, (8, 8), 4, 2),  # shifted
     WindowLayout(1, (5, 7), 3, 1),  # non-square, padded to 6x9, shifted
     WindowLayout(2, (2, 3), 2, 0),  # padded, unshifted
-], ids=["unshifted", "shifted", "nonsquare-shifted", "nonsquare-padded"])
+    WindowLayout(3, (3, 5), 4, (0, 2)),  # padded to 4x8, shifted along the columns only (torchvision)
+], ids=["unshifted", "shifted", "nonsquare-shifted", "nonsquare-padded", "per-axis-shift"])
 def test_stitch_matches_per_position_reference(layout):
     attn = _random_attention(layout)
     got = stitch_windows(attn, layout)

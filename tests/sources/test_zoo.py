@@ -139,7 +139,7 @@ def test_torchvision_vit_b_16_maps_equal_mha_weights(tmp_path):
     (load_timm, "resnet18", "no patch embedding"),
     (load_timm, "swinv2_tiny_window8_256", "windowed attention .*WindowAttention"),  # swin_* is stitched; v2 is not
     (load_torchvision, "resnet18", "'resnet18' \\(ResNet\\) is not a VisionTransformer"),
-    (load_torchvision, "swin_t", "windowed attention"),
+    (load_torchvision, "swin3d_t", "windowed attention \\(ShiftedWindowAttention3d\\)"),  # swin_* is stitched
 ])
 def test_unsupported_families_say_what_was_found(load, name, match):
     with pytest.raises(ModelError, match=match):

@@ -31,12 +31,21 @@
     return null;
   }
 
+  // Layer l's grid [gh, gw] (l === layers: the rollout's); a Swin's layers differ by stage.
+  const gridOf = (info, l) => (l < info.layers && info.grids ? info.grids[l] : info.grid);
+  // Where a row's maps start: every layer's, then every head's of each layer, then the rollout (maps.py).
+  function offsets(info) {
+    if (info.offsets) return info.offsets;
+    const hw = (l) => gridOf(info, l)[0] * gridOf(info, l)[1], layer = [], head = [];
+    let at = 0;
+    for (let l = 0; l < info.layers; l++) { layer.push(at); at += hw(l); }
+    for (let l = 0; l < (info.heads || []).length; l++) { head.push(at); at += info.heads[l] * hw(l); }
+    return (info.offsets = { layer, head, rollout: at, perRow: at + (info.rollout ? hw(info.layers) : 0) });
+  }
   // The grid [gh * gw] of one map of a row: layer l (l === layers: the rollout), head h (null: the mean).
   function grid(info, data, base, l, h) {
-    const hw = info.grid[0] * info.grid[1], L = info.layers, heads = info.heads || [];
-    let at = base + l * hw;
-    if (l === L) at = base + hw * (L + heads.reduce((a, b) => a + b, 0));
-    else if (h !== null) at = base + hw * (L + heads.slice(0, l).reduce((a, b) => a + b, 0) + h);
+    const o = offsets(info), [gh, gw] = gridOf(info, l), hw = gh * gw;
+    const at = base + (l === info.layers ? o.rollout : h !== null ? o.head[l] + h * hw : o.layer[l]);
     return data.subarray(at, at + hw);
   }
   function taps(src, dst) { // attnvis.render._kernels.axis_coeffs
@@ -96,7 +105,7 @@
   }
 
   function draw(entry, data, base, S) {
-    const info = G.info.maps, [gh, gw] = info.grid, [H0, W0] = entry.size, k = Math.min(1, MAX_SIDE / Math.max(H0, W0));
+    const info = G.info.maps, [gh, gw] = gridOf(info, S.layer), [H0, W0] = entry.size, k = Math.min(1, MAX_SIDE / Math.max(H0, W0));
     const H = Math.max(1, Math.round(H0 * k)), W = Math.max(1, Math.round(W0 * k));
     const values = upsample(grid(info, data, base, S.layer, S.head), gh, gw, H, W);
     let [lo, hi] = range(values);
@@ -151,8 +160,7 @@
       const kids = controls(entry, S, go), name = chunkName(info, entry.m), data = need(info, entry.m);
       if (asked[name] === "failed") return [...kids, el("div", { className: "err", textContent: "cannot load " + info.dir + "/" + name + ".js" })];
       if (!data) return [...kids, el("div", { className: "muted", textContent: "loading maps…" })];
-      const perRow = info.grid[0] * info.grid[1] * (info.layers + (info.heads || []).reduce((a, b) => a + b, 0) + (info.rollout ? 1 : 0));
-      return [...kids, ...draw(entry, data, (entry.m[1] % info.chunk) * perRow, S)];
+      return [...kids, ...draw(entry, data, (entry.m[1] % info.chunk) * offsets(info).perRow, S)];
     },
     // Whether a maps script is still loading (the page is not ready yet).
     pending() { return Object.keys(asked).some((n) => asked[n] === true && !chunks[n]); },

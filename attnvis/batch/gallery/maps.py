@@ -3,7 +3,8 @@
 A page on ``file://`` cannot ``fetch``, so the maps travel as scripts:
 ``gallery/maps/part-NNNNNN_CCCC.js`` holds rows ``C·chunk … C·chunk + chunk - 1``
 of shard ``part-NNNNNN`` as base64 float32 (``[rows, floats per row]``: every
-layer's map, then every head's when stored, then the rollout when stored),
+layer's map, then every head's when stored, then the rollout when stored; each
+layer at its own grid, ``grids``, which differ between a Swin's stages),
 and calls ``attnvisGallery.maps(name, base64)``. A chunk is at most
 :data:`CHUNK_BYTES` of floats, so opening an image loads a few hundred KB
 whatever the number of images; the thumbnails grid never loads maps.
@@ -23,17 +24,17 @@ MAPS_DIR = "maps"
 
 
 def _floats_per_row(layout) -> int:
-    return layout.patches * (layout.layers + sum(layout.heads or ()) + (1 if layout.rollout else 0))
+    sizes = [layout.layer_patches(i) for i in range(layout.layers)]  # windowed models: each stage's h·w
+    return sum(sizes) + sum(n * hw for n, hw in zip(layout.heads or (), sizes)) + (layout.patches if layout.rollout else 0)
 
 
 def _rows(table, layout) -> np.ndarray:
     """A shard's rows as float32 [rows, floats per row], in the order the page reads them."""
     from attnvis.batch.store import _column
 
-    hw = layout.patches
-    parts = [_column(table, f"layer_{i}", hw) for i in range(layout.layers)]
-    parts += [_column(table, f"heads_{i}", n * hw) for i, n in enumerate(layout.heads or ())]
-    parts += [_column(table, "rollout", hw)] if layout.rollout else []
+    parts = [_column(table, f"layer_{i}", layout.layer_patches(i)) for i in range(layout.layers)]
+    parts += [_column(table, f"heads_{i}", n * layout.layer_patches(i)) for i, n in enumerate(layout.heads or ())]
+    parts += [_column(table, "rollout", layout.patches)] if layout.rollout else []
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype="<f4")
 
 
@@ -71,5 +72,6 @@ def write_map_scripts(root: Path, gallery_dir: str) -> tuple[dict | None, dict[s
         if entry.name.endswith(".js") and entry.name.rsplit("_", 1)[0] not in names:
             os.unlink(entry.path)
     info = {"layers": layout.layers, "grid": list(layout.grid), "heads": None if layout.heads is None else list(layout.heads),
+            "grids": [list(layout.layer_grid(i)) for i in range(layout.layers)],  # per layer; the rollout's is "grid"
             "rollout": layout.rollout, "chunk": chunk, "shards": names, "dir": f"{gallery_dir}/{MAPS_DIR}"}
     return info, {key: list(where) for key, where in store.locations().items()}

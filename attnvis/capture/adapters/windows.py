@@ -13,8 +13,9 @@ every other map) with the block's :class:`~attnvis.metadata.WindowLayout` in
 Out of the box: Hugging Face ``SwinLayer`` (weights its eager attention
 returns) and ``Swinv2Layer`` (the softmax its attention passes to dropout),
 timm's ``SwinTransformerBlock`` (its ``WindowAttention`` switched to the
-unfused path, the softmax its ``attn_drop`` receives). transformers and timm
-are never imported here.
+unfused path, the softmax its ``attn_drop`` receives); torchvision's
+``ShiftedWindowAttention`` in :mod:`~attnvis.capture.adapters.torchvision_swin`.
+transformers, timm and torchvision are never imported here.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ from attnvis.errors import ModelError
 from attnvis.metadata import LayerInfo, WindowLayout
 
 
-def next_layout(recorder: Recorder, grid: tuple[int, int], window: int, shift: int,
+def next_layout(recorder: Recorder, grid: tuple[int, int], window: int, shift: int | tuple[int, int],
                 roll_before_pad: bool = False) -> WindowLayout:
-    """The layout of the next windowed block: its stage counts the grid changes among the blocks recorded so far."""
+    """The layout of the next windowed block: its stage counts the grid changes among the blocks recorded so far.
+
+    ``shift``: one int for both axes, or ``(rows, columns)`` (torchvision drops it per axis).
+    """
     grids = [info.window.grid for info in recorder.layers if info.window is not None]
     stage = sum(1 for before, after in zip(grids, grids[1:]) if before != after)
     if grids and grids[-1] != grid:
         stage += 1
-    return WindowLayout(stage, (int(grid[0]), int(grid[1])), int(window), int(shift), roll_before_pad)
+    shift = tuple(int(s) for s in shift) if isinstance(shift, (tuple, list)) else int(shift)
+    return WindowLayout(stage, (int(grid[0]), int(grid[1])), int(window), shift, roll_before_pad)
 
 
 def record_windows(recorder: Recorder, path: str, weights: torch.Tensor, layout: WindowLayout,
@@ -154,6 +159,15 @@ def attach_timm_window_block(block: nn.Module, path: str, recorder: Recorder) ->
     return [block.register_forward_pre_hook(pre), attn.attn_drop.register_forward_pre_hook(record), Restore(restore)]
 
 
+def is_torchvision_window_attention(module: nn.Module) -> bool:
+    """True for torchvision's ``ShiftedWindowAttention`` (Swin) and ``ShiftedWindowAttentionV2`` as shipped."""
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    v1, v2 = (getattr(swin, name, None) for name in ("ShiftedWindowAttention", "ShiftedWindowAttentionV2"))
+    return (v1 is not None and isinstance(module, v1)
+            and type(module).forward in {v1.forward, getattr(v2, "forward", v1.forward)})
+
+
 def has_window_blocks(model: nn.Module) -> bool:
     """Whether ``model`` has windowed blocks these adapters capture (its windows can be stitched)."""
-    return any(is_hf_window_block(m) or is_timm_window_block(m) for m in model.modules())
+    return any(is_hf_window_block(m) or is_timm_window_block(m) or is_torchvision_window_attention(m)
+               for m in model.modules())
