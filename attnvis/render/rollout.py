@@ -32,10 +32,22 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 def _fuse(layer: np.ndarray, head_fusion: str) -> np.ndarray:
     """[heads, Q, K] (or [Q, K]) → float64 [Q, K]."""
-    layer = np.asarray(layer, dtype=np.float64)
+    layer = np.asarray(layer)
+    if layer.ndim == 2:
+        return layer.astype(np.float64)
+    if head_fusion == "mean":  # summed in float64 as it is read: no float64 copy of every head
+        return np.add.reduce(layer, axis=0, dtype=np.float64) / layer.shape[0]
+    return {"max": np.max, "min": np.min}[head_fusion](layer, axis=0).astype(np.float64)
+
+
+def _fuse_float32(layer: np.ndarray, head_fusion: str) -> np.ndarray:
+    """[heads, Q, K] (or [Q, K]) → float32 [Q, K]: what a vector times it needs, at a third of _fuse's cost."""
+    layer = np.asarray(layer)
     if layer.ndim == 2:
         return layer
-    return {"mean": np.mean, "max": np.max, "min": np.min}[head_fusion](layer, axis=0)
+    if head_fusion == "mean":
+        return np.add.reduce(layer, axis=0) / np.float32(layer.shape[0])
+    return {"max": np.max, "min": np.min}[head_fusion](layer, axis=0)
 
 
 def _discard(fused: np.ndarray, ratio: float) -> np.ndarray:
@@ -145,6 +157,7 @@ def rollout_row(maps: Sequence[np.ndarray], tokens, head_fusion: str = "mean") -
         vector = np.zeros(size)
         vector[tokens.cls_index] = 1.0
     for layer in reversed(maps):  # later layers multiply from the left: the vector meets them first
-        fused = _fuse(layer, head_fusion) + np.eye(size)
-        vector = vector @ (fused / fused.sum(axis=-1, keepdims=True))
+        fused = _fuse_float32(layer, head_fusion)  # the vector and the sums stay float64
+        weights = vector / (fused.sum(axis=-1, dtype=np.float64) + 1.0)  # the identity adds 1 to every row's sum
+        vector = weights @ fused + weights  # vector · (fused + I) / row sums, without forming either
     return vector[tokens.prefix_tokens:].astype(np.float32)

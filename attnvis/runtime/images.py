@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import PIL
 from PIL import Image
 
 from attnvis.errors import InputError
@@ -22,6 +23,8 @@ SUPPORTED_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RG
                              "I;16", "I;16B", "I;16L", "I;16N"})
 _MODE_NAMES = {"F": "32-bit float", "I": "32-bit integer", "LAB": "Lab colour", "HSV": "HSV colour"}
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+_VERIFIED_PILLOW = 13  # the Pillow major version attnvis.runtime._resample is tested against (its pass order changed in 13)
+_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -115,7 +118,15 @@ def _resize(image: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 
 def _pil_resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
-    """``Image.resize(size, filter)`` of an RGB array (PIL's resampling is the reference timm/HF/torchvision use)."""
+    """``Image.resize(size, filter)`` of an RGB array, bit for bit (PIL's resampling is what timm/HF/torchvision use).
+
+    Through :func:`attnvis.runtime._resample.resize_rgb` (~5x faster, no PIL
+    image) where it is verified equal to the installed Pillow, else PIL.
+    """
+    from attnvis.runtime import _resample
+
+    if interpolation in _resample.FILTERS and _PILLOW_MAJOR == _VERIFIED_PILLOW:
+        return _resample.resize_rgb(image, size, interpolation)
     return np.asarray(Image.fromarray(image).resize(size, _PIL_FILTERS.get(interpolation, Image.BILINEAR)))
 
 

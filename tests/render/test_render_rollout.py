@@ -98,3 +98,21 @@ def test_threshold_mask_ties_by_position_and_errors():
         threshold_mask(np.ones(3), 1.2)
     with pytest.raises(ValueError, match="non-negative"):
         threshold_mask(np.array([0.5, -0.1]), 0.5)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("cls_index", [0, None])
+def test_rollout_row_is_the_drawn_row_of_the_full_rollout(fusion, cls_index):
+    from attnvis.metadata import TokenLayout
+    from attnvis.render.rollout import rollout_row
+
+    rng = np.random.default_rng(5)
+    prefix = 1 if cls_index is not None else 0
+    maps = [rng.random((3, 9 + prefix, 9 + prefix)).astype(np.float32) for _ in range(4)]
+    maps = [m / m.sum(-1, keepdims=True) for m in maps]
+    copies = [m.copy() for m in maps]
+    tokens = TokenLayout(prefix_tokens=prefix, grid=(3, 3), cls_index=cls_index)
+    full = attention_rollout(maps, head_fusion=fusion)  # (T, T) float32
+    drawn = full[cls_index] if cls_index is not None else full.mean(axis=0)  # a model without CLS: the mean row
+    np.testing.assert_allclose(rollout_row(maps, tokens, fusion), drawn[prefix:], rtol=1e-5, atol=1e-7)
+    assert all(np.array_equal(m, c) for m, c in zip(maps, copies))

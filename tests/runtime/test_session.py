@@ -98,3 +98,19 @@ def test_inputs_are_left_unmodified(exported):
     copy = x.copy()
     OrtSession(exported, device="cpu").run(x)
     np.testing.assert_array_equal(x, copy)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "nearest"])
+@pytest.mark.parametrize("size, resize_short, crop_pct", [
+    ((96, 96), False, 1.0), ((40, 56), False, 1.0), ((32, 32), True, 0.875), ((24, 40), True, 0.9), ((32, 32), True, 1.25),
+])
+def test_preprocess_equals_pils_resize_and_crop(monkeypatch, interpolation, size, resize_short, crop_pct):
+    from attnvis.runtime import images
+
+    rng = np.random.default_rng(2)
+    pre = Preprocess(size=size, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4), interpolation=interpolation,
+                     resize_short=resize_short, crop_pct=crop_pct)
+    batch = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((480, 640, 3), (61, 45, 3), (100, 100, 3))]
+    ours = preprocess(batch, pre)
+    monkeypatch.setattr(images, "_PILLOW_MAJOR", -1)  # an unverified Pillow: every resize goes through PIL
+    np.testing.assert_array_equal(ours, preprocess(batch, pre))
