@@ -32,6 +32,8 @@ class StoreLayout:
         rollout: whether the ``rollout`` column is stored.
         grids: per layer its grid ``(h, w)``, when they are not all ``grid``
             (windowed models: each stage's resolution); else ``None``.
+        thumbs: whether the ``thumbnail`` column (the gallery's JPEG) is stored:
+            with ``--save maps``, which writes no per-image folder to hold it.
     """
 
     layers: int
@@ -39,6 +41,7 @@ class StoreLayout:
     heads: tuple[int, ...] | None = None
     rollout: bool = False
     grids: tuple[tuple[int, int], ...] | None = None
+    thumbs: bool = False
 
     @property
     def patches(self) -> int:
@@ -58,13 +61,16 @@ class StoreLayout:
                "heads": None if self.heads is None else list(self.heads), "rollout": self.rollout}
         if self.grids is not None:  # only then: a store of one grid keeps the identity it always had
             doc["grids"] = [list(grid) for grid in self.grids]
+        if self.thumbs:
+            doc["thumbs"] = True
         return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> "StoreLayout":
         heads, grids = doc.get("heads"), doc.get("grids")
         return cls(int(doc["layers"]), tuple(doc["grid"]), None if heads is None else tuple(heads),
-                   bool(doc.get("rollout")), None if grids is None else tuple(tuple(grid) for grid in grids))
+                   bool(doc.get("rollout")), None if grids is None else tuple(tuple(grid) for grid in grids),
+                   bool(doc.get("thumbs")))
 
 
 def has_rollout(meta: ModelMetadata) -> bool:
@@ -74,12 +80,12 @@ def has_rollout(meta: ModelMetadata) -> bool:
             and all(layer.kind == "self" and layer.window is None for layer in meta.layers))
 
 
-def layout_for(meta: ModelMetadata, store_heads: bool) -> StoreLayout:
-    """The layout a run stores for this model (``store_heads``: ``--store-heads``)."""
+def layout_for(meta: ModelMetadata, store_heads: bool, thumbs: bool = False) -> StoreLayout:
+    """The layout a run stores for this model (``store_heads``: ``--store-heads``; ``thumbs``: JPEGs in the store)."""
     heads = tuple(layer.heads for layer in meta.layers) if store_heads else None
     grid = tuple(meta.tokens.grid)
     grids = tuple(grid if layer.window is None else tuple(layer.window.grid) for layer in meta.layers)
-    return StoreLayout(len(meta.layers), grid, heads, has_rollout(meta), None if set(grids) <= {grid} else grids)
+    return StoreLayout(len(meta.layers), grid, heads, has_rollout(meta), None if set(grids) <= {grid} else grids, thumbs)
 
 
 def identity(meta: ModelMetadata, layout: StoreLayout) -> str:
@@ -98,6 +104,7 @@ class StoreRow:
         layers: per layer float32 [h·w] (its own grid's h·w).
         heads: per layer float32 [heads, h·w], or ``None``.
         rollout: float32 [h·w], or ``None``.
+        thumbnail: the gallery's JPEG, or ``None``.
     """
 
     key: str
@@ -107,6 +114,7 @@ class StoreRow:
     layers: list[np.ndarray]
     heads: list[np.ndarray] | None = None
     rollout: np.ndarray | None = None
+    thumbnail: bytes | None = None
 
 
 def _grid(attn: np.ndarray, meta: ModelMetadata, layer: int) -> np.ndarray:
@@ -127,7 +135,7 @@ def _head_grids(attn: np.ndarray, meta: ModelMetadata, layer: int) -> np.ndarray
 
 
 def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndarray], meta: ModelMetadata,
-             layout: StoreLayout) -> StoreRow:
+             layout: StoreLayout, thumbnail: bytes | None = None) -> StoreRow:
     """An image's store row from its captured maps (per layer, no batch axis).
 
     The layer rows are the grids ``attnvis visualize`` renders (for a windowed
@@ -139,4 +147,4 @@ def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndar
     layers = [_grid(a, meta, i).reshape(-1) for i, a in enumerate(attn)]  # per layer (h_i·w_i,)
     heads = [_head_grids(a, meta, i) for i, a in enumerate(attn)] if layout.heads is not None else None
     roll = rollout_row(attn, meta.tokens) if layout.rollout else None
-    return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll)
+    return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll, thumbnail)

@@ -23,12 +23,19 @@ class Decoded:
     """One decoded image and its model input.
 
     Attributes:
-        image: RGB uint8 (H, W, 3) at the original size.
+        image: RGB uint8 (H, W, 3) at the original size (``--save maps``: only
+            the thumbnail's pixels, see :func:`attnvis.batch.stages.decode_item`).
         tensor: float32 (C, h, w) preprocessed as the model's metadata says.
+        size: the original image's (H, W); ``image.shape[:2]`` when not given.
     """
 
     image: np.ndarray
     tensor: np.ndarray
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.size is None:
+            self.size = tuple(self.image.shape[:2])
 
 
 def decode(path: str, name: str, pre: Preprocess | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:

@@ -55,7 +55,10 @@ class LocalEngine:
 
     def run(self, items: Iterable[Item], sink: Callable[[dict], None]) -> None:
         """Process ``items``; call ``sink(record)`` on the calling thread once per item."""
-        ahead = in_flight = self.batch_size + 2 * self.workers
+        in_flight = self.batch_size + 2 * self.workers
+        # --save maps keeps only thumbnail pixels per decoded image, and its inference is most of the
+        # work left on the critical path: three batches of decodes ahead keep both cores busy meanwhile.
+        ahead = (3 if self.plan.save == "maps" else 1) * self.batch_size + 2 * self.workers
         with ThreadPoolExecutor(self.workers, thread_name_prefix="attnvis-batch") as pool:
             decoding: deque[tuple[Item, Future]] = deque()
             rendering: deque[Future] = deque()

@@ -97,7 +97,7 @@ def decode_batch(batch, plan: RenderPlan, max_pixels: int):
         out["path"].append(path)
         out["key"].append(key)
         out["record"].append(json.dumps(result) if failed else _NO_RECORD)
-        out["image"].append(b"" if failed else _dumps(result.image))
+        out["image"].append(b"" if failed else _dumps((result.image, result.size)))  # --save maps: thumbnail pixels
         out["data"].append(b"" if failed else _dumps(result.tensor))
     return _table(out)
 
@@ -156,7 +156,8 @@ def render_batch(batch, plan: RenderPlan, root: str):
         row = None
         if record == _NO_RECORD:
             attn, prediction = pickle.loads(data)
-            decoded = Decoded(pickle.loads(image), no_tensor)
+            pixels, size = pickle.loads(image)
+            decoded = Decoded(pixels, no_tensor, size)
             try:
                 record = render_item(Item(path, key), decoded, attn, prediction, plan, Path(root))
                 row = record.pop(STORE_ROW, None)  # the map store's row travels to the driver beside the record

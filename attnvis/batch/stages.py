@@ -70,7 +70,7 @@ class RenderPlan:
         """The :class:`attnvis.batch._store_layout.StoreLayout` of this run's rows, or ``None`` for ``--save images``."""
         from attnvis.batch._store_layout import layout_for
 
-        return None if self.save == "images" else layout_for(self.metadata, self.store_heads)
+        return None if self.save == "images" else layout_for(self.metadata, self.store_heads, self.thumbs and self.save == "maps")
 
 
 def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None, thumbs: bool = True,
@@ -107,6 +107,7 @@ class Rendered:
     raw: list[str] = field(default_factory=list)
     thumb: str | None = None
     head_grids: dict | None = None
+    thumbnail: bytes | None = None  # --save maps: the thumbnail's JPEG, for the store (no file)
 
 
 def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[list[np.ndarray]], list[str | None]]:
@@ -153,7 +154,8 @@ def _raw(attn: np.ndarray, windowed: bool) -> np.ndarray:
     return attn if windowed and attn.ndim >= 3 else attn[None]
 
 
-def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan, prediction: str | None = None) -> Rendered:
+def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan, prediction: str | None = None,
+           size: tuple[int, int] | None = None) -> Rendered:
     """Render and encode one image's files (the CPU-heavy stage; releases the GIL).
 
     Args:
@@ -162,11 +164,12 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         attn: per layer, this image's map (no batch axis).
         plan: the run's plan.
         prediction: the model's class for the image, if any.
+        size: the original image's (H, W), where ``image`` is only the thumbnail's pixels (``--save maps``).
     """
     from attnvis.render.writers import encode_image, encode_npy
 
     if plan.save == "maps":
-        return _render_thumbnail_only(key, image, attn, plan, prediction)
+        return _render_thumbnail_only(key, image, attn, plan, prediction, size or image.shape[:2])
     opts = plan.options
     named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True))
     files, maps, last_overlay = [], [], None
@@ -188,19 +191,22 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
 
 
 def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan,
-                           prediction: str | None) -> Rendered:
-    """``--save maps``: no per-layer files, only the gallery thumbnail, rendered on the shrunk image (~50x less work)."""
+                           prediction: str | None, size: tuple[int, int]) -> Rendered:
+    """``--save maps``: no files; the gallery thumbnail, rendered on the shrunk image (~50x less work), goes to the store.
+
+    No per-image folder then: a million images make the store's few hundred
+    shards, not a million folders of one thumbnail each.
+    """
     from attnvis.visualize import layer_images
     from attnvis.render import render_map
 
-    out = Rendered(key, [], [], image.shape[:2], prediction)
+    out = Rendered(key, [], [], tuple(size), prediction)
     if plan.thumbs:
         small = np.ascontiguousarray(_shrink(image))
         last = plan.layers[-1]
         grid = layer_images(attn[last], plan.metadata, plan.options, last)[-1][1]  # the last map, as images mode
         overlay = render_map(grid, small, plan.options.colormap, plan.options.alpha, parallel=False)[1]
-        out.thumb = f"{key}/{THUMB_NAME}"
-        out.files.append((out.thumb, _encode_thumb(overlay)))
+        out.thumbnail = _encode_thumb(overlay)
     return out
 
 
@@ -341,11 +347,15 @@ def _one_line(err: BaseException) -> str:
 def decode_item(item: Item, plan: RenderPlan, max_pixels: int) -> Decoded | dict:
     """Decode one item for the model; a bad file becomes its failed record instead of an exception."""
     try:
-        return decode(item.path, item.key, plan.metadata.preprocess, max_pixels)
+        decoded = decode(item.path, item.key, plan.metadata.preprocess, max_pixels)
     except InputError as err:
         return failed_record(item.path, item.key, str(err), plan)
     except Exception as err:  # noqa: BLE001 - OpenCV/PIL internals (MemoryError too): record it, go on
         return failed_record(item.path, item.key, f"{item.key}: cannot decode ({type(err).__name__}: {_one_line(err)})", plan)
+    if plan.save == "maps":  # the render stage draws only the thumbnail: keep its pixels, not the whole image
+        small = np.ascontiguousarray(_shrink(decoded.image)) if plan.thumbs else np.empty((0, 0, 3), np.uint8)
+        decoded = Decoded(small, decoded.tensor, decoded.size)
+    return decoded
 
 
 def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction: str | None, plan: RenderPlan, root: Path) -> dict:
@@ -357,13 +367,14 @@ def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction
     from attnvis.batch._store_layout import make_row
 
     try:
-        rendered = render(item.key, decoded.image, attn, plan, prediction)
+        rendered = render(item.key, decoded.image, attn, plan, prediction, decoded.size)
         row = None if plan.store_layout is None else make_row(item.key, item.path, rendered.size, attn, plan.metadata,
-                                                               plan.store_layout)
+                                                               plan.store_layout, rendered.thumbnail)
     except ValueError as err:  # e.g. non-finite attention from the model for this image
         return failed_record(item.path, item.key, f"{item.key}: cannot render ({_one_line(err)})", plan)
-    clean_tmp(root / item.key)  # leftovers of a killed run
-    write_files(root, rendered.files)
+    if rendered.files:
+        clean_tmp(root / item.key)  # leftovers of a killed run
+        write_files(root, rendered.files)
     record = ok_record(item.path, rendered, plan)
     if row is not None:  # the driver writes it to the store, then the record to the manifest
         record[STORE_ROW] = row

@@ -20,6 +20,9 @@ Shards are ``OUT/maps/part-NNNNNN.parquet``, one row per image:
 - ``rollout`` (fixed-size list of float32, h·w), when the model's maps are
   full self-attention: the same row of the attention rollout over all layers
   (:func:`attnvis.render.rollout.rollout_row`).
+- ``thumbnail`` (binary), with ``--save maps``: the gallery's JPEG of the
+  image (the last layer's overlay, 192 px wide); ``--save both`` writes it as
+  a file beside the image's other files instead.
 
 The schema metadata carries the model's ``attnvis.*`` metadata
 (:meth:`ModelMetadata.to_props`) and ``attnvis.store`` (the layout and an
@@ -99,6 +102,8 @@ def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
                                        heads * layout.layer_patches(i))
     if layout.rollout:
         columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
+    if layout.thumbs:
+        columns["thumbnail"] = pa.array([r.thumbnail for r in rows], pa.binary())
     table = pa.table(columns)
     props = dict(meta.to_props())
     props[STORE_PROP] = json.dumps({**layout.to_json(), "identity": identity(meta, layout)})
@@ -320,6 +325,13 @@ class MapStore(Mapping):
         group, row = self._row(key)
         return group["rollout"][row].reshape(self.layout.grid)
 
+    def thumbnail(self, key: str) -> bytes | None:
+        """The gallery's JPEG of the image (stored with ``--save maps``), or ``None``."""
+        if not self.layout.thumbs:
+            return None
+        group, row = self._row(key)
+        return group["thumbnail"][row]
+
     def source(self, key: str) -> str:
         group, row = self._row(key)
         return group["source"][row]
@@ -409,6 +421,8 @@ def _arrays(table, layout: StoreLayout) -> dict:
         group[f"heads_{i}"] = _column(table, f"heads_{i}", heads * layout.layer_patches(i))
     if layout.rollout:
         group["rollout"] = _column(table, "rollout", layout.patches)
+    if layout.thumbs:
+        group["thumbnail"] = table.column("thumbnail").to_pylist()
     return group
 
 

@@ -4,7 +4,8 @@ The page itself is ``index.html``, ``gallery.js`` and ``gallery.css``, package
 data beside this module. Browsers refuse ``fetch`` on ``file://`` pages, so the data travels as
 scripts: ``gallery/run.js`` (run facts) and ``gallery/page_NNNN.js`` (up to
 :data:`PAGE_SIZE` images each, loaded when their page is shown), each calling
-``attnvisGallery.*``. The page shows thumbnails; clicking one opens its maps
+``attnvisGallery.*``. A ``--save maps`` run's thumbnails are in its map store,
+not in files: a page script carries its images' thumbnails as ``data:`` URLs. The page shows thumbnails; clicking one opens its maps
 with buttons for layers, heads, overlay/heatmap and, for captioning models,
 the caption's words. The URL hash keeps the view (``#page=0&img=3&layer=1``),
 so a view can be linked or opened by a test.
@@ -16,6 +17,7 @@ failed to load): what the headless-browser test checks.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from importlib import resources
@@ -44,12 +46,16 @@ def gallery_entry(record: dict, root: Path) -> dict:
     return entry
 
 
-def _with_maps(entry: dict, record: dict, root: Path, where: dict) -> dict:
-    """An entry whose maps are in the store gets ``m`` ([shard, row]) and ``src`` (the source image, for the overlay)."""
+def _with_maps(entry: dict, record: dict, root: Path, store, where: dict) -> dict:
+    """An entry whose maps are in the store gets ``m`` ([shard, row]), ``src`` (the source image, for the
+    overlay) and, where the store holds the thumbnail (``--save maps``), ``thumb`` as a ``data:`` URL."""
     if record["status"] == "ok" and record["key"] in where:
-        entry["m"] = where[record["key"]]
+        entry["m"] = list(where[record["key"]])
         if record.get("source"):
             entry["src"] = Path(os.path.relpath(record["source"], root)).as_posix()
+        jpeg = None if entry.get("thumb") else store.thumbnail(record["key"])
+        if jpeg:
+            entry["thumb"] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
     return entry
 
 
@@ -81,7 +87,8 @@ def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, ti
 
     root = Path(root)
     (root / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
-    maps, where = write_map_scripts(root, GALLERY_DIR)  # the map store, drawn by the browser (maps.js)
+    maps, store = write_map_scripts(root, GALLERY_DIR)  # the map store, drawn by the browser (maps.js)
+    where = store.locations() if store is not None else {}
     pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)] or [[]]
     run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": len(pages), "pageSize": PAGE_SIZE,
            "total": len(records), "ok": sum(r["status"] == "ok" for r in records),
@@ -89,7 +96,7 @@ def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, ti
            "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha, "colormap": colormap, "maps": maps,
            "luts": {name: colormap_table(name).tobytes().hex() for name in COLORMAPS} if maps else None}
     for number, page in enumerate(pages):
-        entries = [_with_maps(gallery_entry(r, root), r, root, where) for r in page]
+        entries = [_with_maps(gallery_entry(r, root), r, root, store, where) for r in page]
         write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, entries]))
     write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))
     static = resources.files(__name__)

@@ -7,7 +7,7 @@ const G = window.attnvisGallery = {
   rerender() { render(); },
 };
 const $ = (id) => document.getElementById(id);
-const url = (rel) => rel.split("/").map(encodeURIComponent).join("/");
+const url = (rel) => rel.startsWith("data:") ? rel : rel.split("/").map(encodeURIComponent).join("/"); // data: the store's thumbnails
 const el = (tag, props = {}, kids = []) => { const e = Object.assign(document.createElement(tag), props); e.append(...kids); return e; };
 const headName = (h) => (h === null || h === undefined ? "mean" : "head " + h);
 

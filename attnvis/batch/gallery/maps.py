@@ -49,15 +49,15 @@ def _write_shard(shard: Path, layout, chunk: int, folder: Path) -> None:
         write_bytes_atomic(folder / f"{name}.js", f'attnvisGallery.maps("{name}","{data}");\n'.encode())
 
 
-def write_map_scripts(root: Path, gallery_dir: str) -> tuple[dict | None, dict[str, list]]:
-    """Write the map scripts of ``root``'s store; return the page's map facts and each key's ``[shard, row]``.
+def write_map_scripts(root: Path, gallery_dir: str):
+    """Write the map scripts of ``root``'s store; return the page's map facts and the store.
 
-    Returns ``(None, {})`` when ``root`` has no store (``--save images``).
+    Returns ``(None, None)`` when ``root`` has no store (``--save images``).
     """
     from attnvis.batch.store import MapStore, shard_paths
 
     if not shard_paths(root):
-        return None, {}
+        return None, None
     store = MapStore(root)
     layout = store.layout
     chunk = max(1, CHUNK_BYTES // (4 * _floats_per_row(layout)))
@@ -74,4 +74,4 @@ def write_map_scripts(root: Path, gallery_dir: str) -> tuple[dict | None, dict[s
     info = {"layers": layout.layers, "grid": list(layout.grid), "heads": None if layout.heads is None else list(layout.heads),
             "grids": [list(layout.layer_grid(i)) for i in range(layout.layers)],  # per layer; the rollout's is "grid"
             "rollout": layout.rollout, "chunk": chunk, "shards": names, "dir": f"{gallery_dir}/{MAPS_DIR}"}
-    return info, {key: list(where) for key, where in store.locations().items()}
+    return info, store
