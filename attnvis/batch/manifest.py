@@ -22,6 +22,7 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 MANIFEST = "manifest.jsonl"
@@ -44,22 +45,63 @@ def _complete_prefix(path: Path) -> int:
     return 0
 
 
-def load(path: Path) -> dict[str, dict]:
-    """The last record of each key; a torn or unparsable line is skipped."""
-    records: dict[str, dict] = {}
+def _records(path: Path) -> Iterator[tuple[int, bytes, dict]]:
+    """(offset, line, record) of every complete, parsable line of the file."""
     if not path.is_file():
-        return records
+        return
     with open(path, "rb") as f:
+        offset = 0
         for line in f:
             if not line.endswith(b"\n"):
                 break  # torn tail of a killed run
             try:
                 record = json.loads(line)
             except ValueError:
-                continue
+                record = None
             if isinstance(record, dict) and "key" in record:
-                records[record["key"]] = record
-    return records
+                yield offset, line, record
+            offset += len(line)
+
+
+def load(path: Path) -> dict[str, dict]:
+    """The last record of each key; a torn or unparsable line is skipped."""
+    return {record["key"]: record for _, _, record in _records(path)}
+
+
+class Records(Sequence):
+    """The last records of some keys, in a given order, read back from the file when asked for.
+
+    What is kept per image is where its line is, not the record: the gallery
+    of a million-image run pages through them in bounded memory.
+
+    Args:
+        path: the manifest.
+        keys: the keys wanted, in order; keys without a record are left out.
+    """
+
+    def __init__(self, path: Path, keys):
+        self.path = Path(path)
+        where = {record["key"]: (offset, len(line)) for offset, line, record in _records(self.path)}
+        self._where = [where[key] for key in keys if key in where]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            with open(self.path, "rb") as f:
+                return [self._read(f, *at) for at in self._where[index]]
+        with open(self.path, "rb") as f:
+            return self._read(f, *self._where[index])
+
+    def __iter__(self) -> Iterator[dict]:
+        for start in range(0, len(self), 1024):
+            yield from self[start:start + 1024]
+
+    @staticmethod
+    def _read(f, offset: int, length: int) -> dict:
+        f.seek(offset)
+        return json.loads(f.read(length))
 
 
 class Manifest:

@@ -328,7 +328,6 @@ def _write_gallery(root: Path, items, plan) -> Path:
     from attnvis.batch import manifest as mf
     from attnvis.batch.gallery import write_gallery
 
-    records = mf.load(root / mf.MANIFEST)
-    ordered = [records[item.key] for item in items if item.key in records]
+    ordered = mf.Records(root / mf.MANIFEST, (item.key for item in items))  # read back page by page
     return write_gallery(root, ordered, plan.metadata, title=f"attnvis batch: {plan.model}", colormap=plan.options.colormap,
                   alpha=plan.options.alpha)

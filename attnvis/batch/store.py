@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvis.batch._shard_file import ShardFile, write_table
 from attnvis.batch._store_layout import StoreLayout, StoreRow, identity
 from attnvis.errors import InputError
 from attnvis.metadata import ModelMetadata
@@ -63,7 +64,7 @@ from attnvis.metadata import ModelMetadata
 STORE_DIR = "maps"
 SHARD_ROWS = 4096
 SHARD_SECONDS = 60.0
-ROW_GROUP = 1024  # rows read together when one image is looked up
+ROW_GROUP = 1024  # rows written together to a shard, and read together when one image is looked up
 STORE_PROP = "attnvis.store"
 _SHARD = re.compile(r"part-(\d{6})\.parquet")
 _WHAT = "the map store (attnvis batch --save maps)"
@@ -110,30 +111,6 @@ def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
     return table.replace_schema_metadata(props)
 
 
-def _write_table(table, path: Path) -> None:
-    """Write a shard under a temporary name, fsync it, rename it into place and fsync the folder."""
-    pq = _pq()
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP, use_dictionary=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename is on disk before the manifest says so
-    finally:
-        os.close(fd)
-
-
 def shard_paths(root: Path) -> list[Path]:
     """The store's shards, in the order they were written."""
     folder = Path(root) / STORE_DIR
@@ -150,8 +127,11 @@ def _store_doc(schema) -> dict | None:
 class StoreWriter:
     """Appends rows to a run's store; opened by :func:`open_writer` (see the module docstring).
 
-    ``add(row, record)`` buffers; a full (or old) buffer becomes a shard, then
-    the buffered records go to the manifest with ``"store"`` naming the shard.
+    ``add(row, record)`` buffers a row group's rows, then writes them to the
+    shard being filled (a temporary file); a full (or old) shard is renamed
+    into place, then its records go to the manifest with ``"store"`` naming
+    it. Memory holds one row group of rows and a shard's records, whatever
+    the number of images.
     """
 
     def __init__(self, root: Path, meta: ModelMetadata, layout: StoreLayout, keys: dict[str, Path], next_number: int):
@@ -159,8 +139,9 @@ class StoreWriter:
         self.keys = keys  # key → shard already holding it
         self.number = next_number
         self.manifest = None
-        self._rows: list[StoreRow] = []
-        self._records: list[dict] = []
+        self._rows: list[StoreRow] = []  # not yet in the shard file
+        self._records: list[dict] = []  # the shard's, for the manifest once it is in place
+        self._shard: ShardFile | None = None
         self._since = 0.0
 
     def prune(self, keys: set[str]) -> int:
@@ -175,32 +156,43 @@ class StoreWriter:
             table = pq.read_table(path)
             kept = table.filter(pc.invert(pc.is_in(table.column("image"), pa.array(sorted(gone), pa.string()))))
             if kept.num_rows:
-                _write_table(kept, path)
+                write_table(kept, path, ROW_GROUP)
             else:
                 path.unlink()
         return sum(len(gone) for gone in doomed.values())
 
     def add(self, row: StoreRow, record: dict) -> None:
-        if not self._rows:
+        if not self._records:
             self._since = time.monotonic()
         self._rows.append(row)
         self._records.append(record)
-        if len(self._rows) >= SHARD_ROWS or time.monotonic() - self._since >= SHARD_SECONDS:
+        if len(self._rows) >= ROW_GROUP:
+            self._write_rows()
+        if len(self._records) >= SHARD_ROWS or time.monotonic() - self._since >= SHARD_SECONDS:
             self.flush()
 
+    def _write_rows(self) -> None:
+        table = rows_table(self._rows, self.meta, self.layout)
+        if self._shard is None:
+            self._shard = ShardFile(self.root / STORE_DIR / f"part-{self.number:06d}.parquet", table.schema)
+        self._shard.write(table, ROW_GROUP)
+        self._rows = []
+
     def flush(self) -> None:
-        """Write the buffered rows as one shard, then their manifest lines."""
-        if not self._rows:
+        """Put the shard being filled in place, then its manifest lines."""
+        if not self._records:
             return
-        path = self.root / STORE_DIR / f"part-{self.number:06d}.parquet"
-        _write_table(rows_table(self._rows, self.meta, self.layout), path)
+        if self._rows:
+            self._write_rows()
+        shard, self._shard = self._shard, None
+        shard.commit()
         self.number += 1
-        rel = f"{STORE_DIR}/{path.name}"
-        for row, record in zip(self._rows, self._records):
-            self.keys[row.key] = path
+        rel = f"{STORE_DIR}/{shard.path.name}"
+        for record in self._records:
+            self.keys[record["key"]] = shard.path
             record["store"] = rel
             self.manifest.append(record)
-        self._rows, self._records = [], []
+        self._records = []
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -277,6 +269,7 @@ class MapStore(Mapping):
         self._cache: OrderedDict[tuple[int, int], dict] = OrderedDict()
         self._starts: dict[int, list[int]] = {}
         self._lock = threading.Lock()
+        self._thumbs: tuple = (None, [])  # ((shard, row group), its thumbnails)
 
     def _build_index(self, ours: str | None) -> dict[str, tuple[int, int]]:
         """key → (shard number in :attr:`shards`, row), sorted by key; one error for a mixed or duplicated store."""
@@ -326,11 +319,19 @@ class MapStore(Mapping):
         return group["rollout"][row].reshape(self.layout.grid)
 
     def thumbnail(self, key: str) -> bytes | None:
-        """The gallery's JPEG of the image (stored with ``--save maps``), or ``None``."""
+        """The gallery's JPEG of the image (stored with ``--save maps``), or ``None``.
+
+        Read a row group's thumbnails at a time, apart from its maps (one group kept):
+        the gallery asks for every image's in store order.
+        """
         if not self.layout.thumbs:
             return None
-        group, row = self._row(key)
-        return group["thumbnail"][row]
+        shard, number, row = self._locate(key)
+        with self._lock:
+            if self._thumbs[0] != (shard, number):
+                group = _pq().ParquetFile(self.shards[shard]).read_row_group(number, columns=["thumbnail"])
+                self._thumbs = ((shard, number), group.column("thumbnail").to_pylist())
+            return self._thumbs[1][row]
 
     def source(self, key: str) -> str:
         group, row = self._row(key)
@@ -342,13 +343,18 @@ class MapStore(Mapping):
         return int(group["height"][row]), int(group["width"][row])
 
     def _row(self, key: str) -> tuple[dict, int]:
+        shard, number, row = self._locate(key)
+        return self._group(shard, number), row
+
+    def _locate(self, key: str) -> tuple[int, int, int]:
+        """(shard, row group, row in the group) of ``key``."""
         shard, row = self._index[key]
         starts = self._starts.get(shard)
         if starts is None:
             counts = _pq().ParquetFile(self.shards[shard]).metadata
             starts = self._starts[shard] = list(np.cumsum([0] + [counts.row_group(g).num_rows for g in range(counts.num_row_groups)]))
         number = bisect.bisect_right(starts, row) - 1
-        return self._group(shard, number), row - int(starts[number])
+        return shard, number, row - int(starts[number])
 
     def _group(self, shard: int, number: int) -> dict:
         """One row group as read-only NumPy arrays (the few most recent kept)."""
@@ -357,7 +363,9 @@ class MapStore(Mapping):
             if cached is not None:
                 self._cache.move_to_end((shard, number))
                 return cached
-            group = _arrays(_pq().ParquetFile(self.shards[shard]).read_row_group(number), self.layout)
+            file = _pq().ParquetFile(self.shards[shard])
+            columns = [name for name in file.schema_arrow.names if name != "thumbnail"]  # read apart (thumbnail())
+            group = _arrays(file.read_row_group(number, columns=columns), self.layout)
             self._cache[(shard, number)] = group
             if len(self._cache) > 4:
                 self._cache.popitem(last=False)
@@ -421,8 +429,6 @@ def _arrays(table, layout: StoreLayout) -> dict:
         group[f"heads_{i}"] = _column(table, f"heads_{i}", heads * layout.layer_patches(i))
     if layout.rollout:
         group["rollout"] = _column(table, "rollout", layout.patches)
-    if layout.thumbs:
-        group["thumbnail"] = table.column("thumbnail").to_pylist()
     return group
 
 

@@ -209,3 +209,15 @@ def test_sigkill_then_resume_gives_exactly_the_files_of_an_uninterrupted_run(tin
     assert sorted(got) == sorted(expected)  # no partial or temporary file left, none missing
     assert [k for k in got if got[k] != expected[k]] == []
     assert all(r["status"] == "ok" for r in load(killed / MANIFEST).values())
+
+
+def test_manifest_records_read_back_the_last_line_of_each_key_in_the_asked_order(tmp_path):
+    from attnvis.batch.manifest import MANIFEST, Manifest, Records
+
+    with Manifest(tmp_path / MANIFEST) as manifest:
+        for key, status in [("a", "failed"), ("b", "ok"), ("a", "ok"), ("c", "ok")]:
+            manifest.append({"key": key, "status": status})
+    (tmp_path / MANIFEST).open("ab").write(b'{"key": "d", "sta')  # a torn last line is not a record
+    records = Records(tmp_path / MANIFEST, ["c", "a", "missing", "d", "b"])
+    assert len(records) == 3 and [r["key"] for r in records] == ["c", "a", "b"]
+    assert records[1] == {"key": "a", "status": "ok"} and records[1:] == [records[1], records[2]]

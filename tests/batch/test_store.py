@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -170,10 +171,42 @@ def test_rerun_and_resume_keep_every_image_once(tiny_batch_model, tmp_path, monk
     assert len(final) == 8 and all(np.array_equal(first[k], final[k]) for k in first)
 
 
+def test_shards_are_written_a_row_group_at_a_time(tiny_batch_model, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from attnvis.batch import store as st
+
+    images(tmp_path / "in", 8)
+    assert batch(tiny_batch_model, tmp_path / "in", tmp_path / "whole", "--save", "maps") == 0
+    monkeypatch.setattr(st, "SHARD_ROWS", 5)
+    monkeypatch.setattr(st, "ROW_GROUP", 2)  # rows reach the shard's file two at a time, before it is renamed
+    assert batch(tiny_batch_model, tmp_path / "in", tmp_path / "out", "--save", "maps") == 0
+    store, whole = attnvis.load_maps(tmp_path / "out"), attnvis.load_maps(tmp_path / "whole")
+    groups = [[f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+              for f in (pq.ParquetFile(path) for path in store.shards)]
+    assert groups == [[2, 2, 1], [2, 1]]
+    assert list(store) == list(whole) and all(np.array_equal(store[k], whole[k]) and store.thumbnail(k) == whole.thumbnail(k)
+                                              and np.array_equal(store.rollout(k), whole.rollout(k)) for k in whole)
+    assert not [p for p in (tmp_path / "out" / "maps").iterdir() if p.name.endswith(".tmp")]
+    from attnvis.batch.gallery import maps as gm  # the gallery's map scripts, read a row group at a time
+
+    monkeypatch.setattr(gm, "CHUNK_BYTES", 3 * 4 * gm._floats_per_row(store.layout))  # 3 rows a script: across groups
+    for path in (tmp_path / "out" / "gallery" / "maps").iterdir():
+        path.unlink()
+    gm.write_map_scripts(tmp_path / "out", "gallery")
+    for path in store.shards:
+        scripts = sorted((tmp_path / "out" / "gallery" / "maps").glob(f"{path.stem}_*.js"))
+        data = [re.search(r',"([^"]*)"\);', p.read_text()).group(1) for p in scripts]
+        rows = np.concatenate([np.frombuffer(base64.b64decode(d), "<f4") for d in data])
+        assert [len(base64.b64decode(d)) // (4 * gm._floats_per_row(store.layout)) for d in data][:1] == [3]
+        assert np.array_equal(rows, gm._rows(pq.read_table(path), store.layout).ravel())
+
+
 _KILLABLE = """
 import sys
 import attnvis.batch.store as store
 store.SHARD_ROWS = 4
+store.ROW_GROUP = 2
 from attnvis.cli import main
 sys.exit(main(sys.argv[1:]))
 """

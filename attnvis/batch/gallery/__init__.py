@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -66,13 +67,14 @@ def _script(call: str, payload) -> bytes:
     return f"attnvisGallery.{call}({data});\n".encode()
 
 
-def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, title: str = "attnvis batch",
+def write_gallery(root: str | Path, records: Sequence[dict], meta: ModelMetadata, title: str = "attnvis batch",
                   colormap: str = "jet", alpha: float = 0.5) -> Path:
     """Write ``index.html`` and its data scripts into ``root``.
 
     Args:
         root: the batch output folder (record paths are relative to it).
-        records: manifest records, in display order (ok and failed).
+        records: manifest records, in display order (ok and failed): a list, or
+            :class:`attnvis.batch.manifest.Records` reading them back page by page.
         meta: the model's metadata (layer names for the buttons).
         title: the page title.
         colormap: the run's colormap (head previews are drawn with it).
@@ -89,13 +91,14 @@ def write_gallery(root: str | Path, records: list[dict], meta: ModelMetadata, ti
     (root / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
     maps, store = write_map_scripts(root, GALLERY_DIR)  # the map store, drawn by the browser (maps.js)
     where = store.locations() if store is not None else {}
-    pages = [records[i : i + PAGE_SIZE] for i in range(0, len(records), PAGE_SIZE)] or [[]]
-    run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": len(pages), "pageSize": PAGE_SIZE,
-           "total": len(records), "ok": sum(r["status"] == "ok" for r in records),
-           "failed": sum(r["status"] != "ok" for r in records), "classes": meta.extra.get("classes"),
+    pages = max(1, -(-len(records) // PAGE_SIZE))
+    ok = sum(r["status"] == "ok" for r in records)
+    run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": pages, "pageSize": PAGE_SIZE,
+           "total": len(records), "ok": ok, "failed": len(records) - ok, "classes": meta.extra.get("classes"),
            "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha, "colormap": colormap, "maps": maps,
            "luts": {name: colormap_table(name).tobytes().hex() for name in COLORMAPS} if maps else None}
-    for number, page in enumerate(pages):
+    for number in range(pages):  # a page's records at a time: records may be read back lazily (manifest.Records)
+        page = records[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
         entries = [_with_maps(gallery_entry(r, root), r, root, store, where) for r in page]
         write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, entries]))
     write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))

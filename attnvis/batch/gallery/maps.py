@@ -39,14 +39,27 @@ def _rows(table, layout) -> np.ndarray:
 
 
 def _write_shard(shard: Path, layout, chunk: int, folder: Path) -> None:
+    """The shard's scripts, a row group at a time (chunk 0 last: its time says the shard's scripts are complete)."""
     from attnvis._optional import require
     from attnvis.render.writers import write_bytes_atomic
 
-    rows = _rows(require("pyarrow.parquet").read_table(shard), layout)
-    for start in reversed(range(0, len(rows), chunk)):  # chunk 0 last: its time says the shard's scripts are complete
-        name = f"{shard.stem}_{start // chunk:04d}"
-        data = base64.b64encode(rows[start:start + chunk].tobytes()).decode("ascii")
-        write_bytes_atomic(folder / f"{name}.js", f'attnvisGallery.maps("{name}","{data}");\n'.encode())
+    file = require("pyarrow.parquet").ParquetFile(shard)
+    columns = [c for c in file.schema_arrow.names if c.startswith(("layer_", "heads_", "rollout"))]  # no thumbnails
+    first, pending, start = None, np.empty((0, _floats_per_row(layout)), "<f4"), 0
+    for group in range(file.num_row_groups):
+        pending = np.concatenate([pending, _rows(file.read_row_group(group, columns=columns), layout)])
+        last = group == file.num_row_groups - 1
+        while len(pending) >= chunk or (last and len(pending)):
+            rows, pending = pending[:chunk], pending[chunk:]
+            name = f"{shard.stem}_{start // chunk:04d}"
+            script = f'attnvisGallery.maps("{name}","{base64.b64encode(rows.tobytes()).decode("ascii")}");\n'.encode()
+            if start == 0:
+                first = (folder / f"{name}.js", script)
+            else:
+                write_bytes_atomic(folder / f"{name}.js", script)
+            start += chunk
+    if first is not None:
+        write_bytes_atomic(*first)
 
 
 def write_map_scripts(root: Path, gallery_dir: str):
