@@ -5,11 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 

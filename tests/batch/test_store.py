@@ -229,28 +229,17 @@ def test_sigkill_then_resume_stores_every_image_exactly_once(tiny_batch_model, t
     assert all(r["status"] == "ok" and r["store"] for r in load(killed / MANIFEST).values())
 
 
-CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
-
-
-def _chromium(url: str, tmp_path: Path, *extra: str) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-             "--window-size=1000,900", "--force-device-scale-factor=1", "--hide-scrollbars", "--force-color-profile=srgb"]
-    return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=90).stdout
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 @pytest.mark.parametrize("view, alpha, cmap, layer", [("overlay", 0.5, "jet", 1), ("overlay", 0.3, "jet", 0),
                                                       ("heatmap", 0.5, "viridis", 2)])
-def test_gallery_overlay_in_chromium_equals_the_python_renderer(tiny_batch_model, tmp_path, view, alpha, cmap, layer):
+def test_gallery_overlay_in_chromium_equals_the_python_renderer(tiny_batch_model, tmp_path, chromium, view, alpha, cmap, layer):
     from attnvis.render import render_map
 
-    paths = images(tmp_path / "in", 3, size=(320, 240))
+    images(tmp_path / "in", 3, size=(320, 240))
     assert batch(tiny_batch_model, tmp_path / "in", tmp_path / "out", "--save", "maps") == 0
     store = attnvis.load_maps(tmp_path / "out")
     key = list(store)[1]  # entry 1 of page 0: the gallery lists the images in key order
     url = (tmp_path / "out" / "index.html").as_uri() + f"#page=0&img=1&layer={layer}&view={view}&cmap={cmap}&alpha={alpha}&norm=map"
-    dom = _chromium(url, tmp_path, "--dump-dom")
+    dom = chromium(url, "--dump-dom")
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert 'data-state="ready"' in body and 'data-broken="0"' in body, body
     assert '<button class="">rollout</button>' in dom or '<button class="on">rollout</button>' in dom
@@ -259,7 +248,7 @@ def test_gallery_overlay_in_chromium_equals_the_python_renderer(tiny_batch_model
     x, y, w, h = (int(v) for v in re.search(r'data-canvas="([\d,]+)"', body).group(1).split(","))
     assert (w, h) == (320, 240)
     shot = tmp_path / "shot.png"
-    _chromium(url, tmp_path, f"--screenshot={shot}")
+    chromium(url, f"--screenshot={shot}")
     pixels = cv2.imread(str(shot))[..., ::-1].astype(int)[y:y + h, x:x + w]
     diff = np.abs(pixels - (heat if view == "heatmap" else over).astype(int)).max(axis=-1)
     assert (diff <= 1).mean() >= 0.999, f"only {(diff <= 1).mean():.5f} of pixels within one level"

@@ -10,13 +10,11 @@ of the model's own output (the stored rows, equal), and ``--save images``
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import attnvis
@@ -36,13 +34,10 @@ def swin(tmp_path_factory) -> str:
     """A tiny random SwinForImageClassification (3 stages, heads 1, 2, 2) on 40×56 inputs, exported once."""
     from attnvis.export import export_onnx
     from attnvis.sources import load_source
+    from tests.export.test_export_swin import save_tiny_swin
 
     directory = tmp_path_factory.mktemp("swin")
-    torch.manual_seed(0)
-    config = transformers.SwinConfig(image_size=48, patch_size=4, embed_dim=8, depths=[2, 2, 2], num_heads=[1, 2, 2],
-                                     window_size=3, num_labels=3)
-    transformers.SwinForImageClassification(config).save_pretrained(directory / "model")
-    transformers.ViTImageProcessor(size={"height": SIZE[0], "width": SIZE[1]}).save_pretrained(directory / "model")
+    save_tiny_swin(directory)
     export_onnx(load_source(str(directory / "model")), directory / "swin.onnx", validate=False)
     return str(directory / "swin.onnx")
 
@@ -132,31 +127,19 @@ def test_render_from_the_store_writes_the_bytes_of_save_images(swin, tmp_path, f
     assert [k for k in want if got[k] != want[k]] == []
 
 
-CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
-
-
-def _chromium(url: str, tmp_path: Path, *extra: str) -> str:
-    """Headless Chromium's output for ``url`` (the flags of test_store.py's gallery test)."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-             "--window-size=1000,900", "--force-device-scale-factor=1", "--hide-scrollbars", "--force-color-profile=srgb"]
-    return subprocess.run([CHROMIUM, *flags, *extra, url], capture_output=True, text=True, timeout=90).stdout
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 @pytest.mark.parametrize("view, layer", [("heatmap", 3), ("overlay", 5)])
-def test_gallery_draws_each_layer_at_its_stage_grid(swin, tmp_path, view, layer):
+def test_gallery_draws_each_layer_at_its_stage_grid(swin, tmp_path, chromium, view, layer):
     """``--save both``: the page computes a 5×7 or 3×4 layer from the store as the renderer does."""
     images(tmp_path / "in", 2, size=(320, 240))
     assert batch(swin, tmp_path / "in", tmp_path / "out", "--save", "both", "--store-heads") == 0
     key = list(attnvis.load_maps(tmp_path / "out"))[1]
     url = (tmp_path / "out" / "index.html").as_uri() + f"#page=0&img=1&layer={layer}&view={view}&cmap=jet&alpha=0.5&norm=map"
-    dom = _chromium(url, tmp_path, "--dump-dom")
+    dom = chromium(url, "--dump-dom")
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert 'data-state="ready"' in body and 'data-broken="0"' in body, body
     x, y, w, h = (int(v) for v in re.search(r'data-canvas="([\d,]+)"', body).group(1).split(","))
     shot = tmp_path / "shot.png"
-    _chromium(url, tmp_path, f"--screenshot={shot}")
+    chromium(url, f"--screenshot={shot}")
     pixels = cv2.imread(str(shot))[..., ::-1].astype(int)[y:y + h, x:x + w]
     name = f"{'heatmap' if view == 'heatmap' else 'attn_map'}_layer_{layer}_"
     rendered = next((tmp_path / "out" / key).glob(f"{name}*.png"))  # --save both: the renderer's file beside the store

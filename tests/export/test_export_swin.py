@@ -25,15 +25,25 @@ from attnvis.visualize import visualize_attention_on_image  # noqa: E402
 SIZE = (40, 56)
 
 
+def save_tiny_swin(directory, v2: bool = False):
+    """A tiny random Swin (or Swinv2) ForImageClassification saved in ``directory/model``, with a 40×56 processor.
+
+    3 stages of 2 blocks, heads 1, 2, 2, window 3, configured at 48×48.
+    """
+    torch.manual_seed(0)
+    prefix = "Swinv2" if v2 else "Swin"
+    config = getattr(transformers, f"{prefix}Config")(image_size=48, patch_size=4, embed_dim=8, depths=[2, 2, 2],
+                                                      num_heads=[1, 2, 2], window_size=3, num_labels=3)
+    getattr(transformers, f"{prefix}ForImageClassification")(config).save_pretrained(directory / "model")
+    transformers.ViTImageProcessor(size={"height": SIZE[0], "width": SIZE[1]}).save_pretrained(directory / "model")
+    return directory / "model"
+
+
 @pytest.fixture(scope="module")
 def swin(tmp_path_factory):
     """(model directory, exported ONNX path): a tiny random SwinForImageClassification, exported once."""
     directory = tmp_path_factory.mktemp("swin")
-    torch.manual_seed(0)
-    config = transformers.SwinConfig(image_size=48, patch_size=4, embed_dim=8, depths=[2, 2, 2], num_heads=[1, 2, 2],
-                                     window_size=3, num_labels=3)
-    transformers.SwinForImageClassification(config).save_pretrained(directory / "model")
-    transformers.ViTImageProcessor(size={"height": SIZE[0], "width": SIZE[1]}).save_pretrained(directory / "model")
+    save_tiny_swin(directory)
     report = export_onnx(load_source(str(directory / "model")), directory / "swin.onnx")
     assert report.ok, report.table()
     return directory / "model", directory / "swin.onnx"

@@ -28,12 +28,10 @@ SIZE = (40, 56)
 @pytest.fixture(scope="module")
 def swinv2(tmp_path_factory):
     """(model directory, exported ONNX path): a tiny random Swinv2ForImageClassification, exported once."""
+    from tests.export.test_export_swin import save_tiny_swin
+
     directory = tmp_path_factory.mktemp("swinv2")
-    torch.manual_seed(0)
-    config = transformers.Swinv2Config(image_size=48, patch_size=4, embed_dim=8, depths=[2, 2, 2],
-                                       num_heads=[1, 2, 2], window_size=3, num_labels=3)
-    transformers.Swinv2ForImageClassification(config).save_pretrained(directory / "model")
-    transformers.ViTImageProcessor(size={"height": SIZE[0], "width": SIZE[1]}).save_pretrained(directory / "model")
+    save_tiny_swin(directory, v2=True)
     report = export_onnx(load_source(str(directory / "model")), directory / "swinv2.onnx")
     assert report.ok, report.table()
     return directory / "model", directory / "swinv2.onnx"
