@@ -20,7 +20,8 @@ from PIL import Image
 import attnvis
 from attnvis.batch.stages import THUMB_NAME
 from attnvis.cli import main
-from attnvis.models.tiny import make_scene
+from tests.batch.test_store import batch, files
+from tests.batch.test_store import images as store_images
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("pyarrow", reason='the map store needs pyarrow: pip install "attnvis[maps]"')
@@ -43,22 +44,7 @@ def swin(tmp_path_factory) -> str:
 
 
 def images(folder: Path, n: int, size=(80, 60)) -> list[Path]:
-    paths = []
-    for i in range(n):
-        path = folder / f"s{i % 2}" / f"{i:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(cv2.resize(make_scene(i)[0], size, interpolation=cv2.INTER_AREA)).save(path)
-        paths.append(path)
-    return paths
-
-
-def batch(model: str, inputs: Path, out: Path, *args: str) -> int:
-    return main(["batch", str(inputs), "--output", str(out), "--model", model, "--device", "cpu", "--no-progress",
-                 "--batch-size", "4", *args])
-
-
-def layer_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*_layer_*"))}
+    return store_images(folder, n, size)
 
 
 FLAGS = {"default": [], "heads+raw": ["--no-avg-heads", "--save-raw"],
@@ -122,7 +108,7 @@ def test_render_from_the_store_writes_the_bytes_of_save_images(swin, tmp_path, f
     assert batch(swin, tmp_path / "in", tmp_path / "img", *flags) == 0
     assert batch(swin, tmp_path / "in", tmp_path / "maps", "--save", "maps", "--store-heads") == 0
     assert main(["render", str(tmp_path / "maps"), "--output", str(tmp_path / "r"), *flags, "--model", swin]) == 0
-    want, got = layer_files(tmp_path / "img"), layer_files(tmp_path / "r")
+    want, got = files(tmp_path / "img"), files(tmp_path / "r")
     assert len(want) >= 3 * 2 and sorted(got) == sorted(want)
     assert [k for k in want if got[k] != want[k]] == []
 

@@ -21,6 +21,7 @@ from attnvis.runtime import OrtSession, TorchSession, load_image, preprocess  # 
 from attnvis.sources import load_source  # noqa: E402
 from attnvis.sources.windows import hf_swin_layouts  # noqa: E402
 from attnvis.visualize import visualize_attention_on_image  # noqa: E402
+from tests.export.test_export_swin import _image, save_tiny_swin  # noqa: E402
 
 SIZE = (40, 56)
 
@@ -28,8 +29,6 @@ SIZE = (40, 56)
 @pytest.fixture(scope="module")
 def swinv2(tmp_path_factory):
     """(model directory, exported ONNX path): a tiny random Swinv2ForImageClassification, exported once."""
-    from tests.export.test_export_swin import save_tiny_swin
-
     directory = tmp_path_factory.mktemp("swinv2")
     save_tiny_swin(directory, v2=True)
     report = export_onnx(load_source(str(directory / "model")), directory / "swinv2.onnx")
@@ -83,14 +82,6 @@ def test_layouts_follow_the_blocks_not_the_swin_rule(swinv2):
     assert hf_swin_layouts(transformers.Swinv2Config.from_pretrained(directory), size)[5].shift == 1  # Swin's rule
     for mine, theirs, layout in zip(got.maps, hf_block_weights(directory, x), layouts):
         np.testing.assert_allclose(stitch_windows(mine[0], layout), stitch_windows(theirs, layout), atol=1e-5)
-
-
-def _image(tmp_path):
-    from PIL import Image
-
-    rgb = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "img.png")
-    return tmp_path / "img.png"
 
 
 def test_visualize_command_on_the_hf_directory(swinv2, tmp_path):
