@@ -19,7 +19,7 @@ class ShardFile:
     """A shard being written: row groups go to a temporary file as they come; :meth:`commit` renames it into place."""
 
     def __init__(self, path: Path, schema):
-        self.path, self.rows = path, 0
+        self.path = path
         self.tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
         self.file = open(self.tmp, "wb")
         self.writer = _pq().ParquetWriter(self.file, schema, compression="zstd", use_dictionary=False)
@@ -27,7 +27,6 @@ class ShardFile:
     def write(self, table, row_group: int) -> None:
         """Append ``table`` in row groups of ``row_group`` rows."""
         self.writer.write_table(table, row_group_size=row_group)
-        self.rows += table.num_rows
 
     def commit(self) -> None:
         """Close, fsync, rename into place and fsync the folder (the rename is on disk before the manifest says so)."""

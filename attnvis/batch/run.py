@@ -225,9 +225,8 @@ def _run_captions(config: BatchConfig, began: float) -> BatchSummary:
         if config.gallery:
             from attnvis.batch.gallery import write_gallery
 
-            records = mf.load(root / mf.MANIFEST)
-            summary.gallery = write_gallery(root, [records[i.key] for i in items if i.key in records],
-                                            cb.caption_metadata(), title=f"attnvis batch: {config.model}",
+            records = mf.Records(root / mf.MANIFEST, (item.key for item in items))  # read back page by page
+            summary.gallery = write_gallery(root, records, cb.caption_metadata(), title=f"attnvis batch: {config.model}",
                                             colormap=config.options.colormap, alpha=config.options.alpha)
     return summary
 

@@ -192,7 +192,10 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
 
 def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan,
                            prediction: str | None, size: tuple[int, int]) -> Rendered:
-    """``--save maps``: no files; the gallery thumbnail, rendered on the shrunk image (~50x less work), goes to the store.
+    """``--save maps``: no files; the gallery thumbnail goes to the store.
+
+    ``image`` is already the thumbnail's pixels (:func:`decode_item` shrinks it:
+    ~50x less work than drawing on the whole image).
 
     No per-image folder then: a million images make the store's few hundred
     shards, not a million folders of one thumbnail each.
@@ -202,10 +205,9 @@ def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], 
 
     out = Rendered(key, [], [], tuple(size), prediction)
     if plan.thumbs:
-        small = np.ascontiguousarray(_shrink(image))
         last = plan.layers[-1]
         grid = layer_images(attn[last], plan.metadata, plan.options, last)[-1][1]  # the last map, as images mode
-        overlay = render_map(grid, small, plan.options.colormap, plan.options.alpha, parallel=False)[1]
+        overlay = render_map(grid, image, plan.options.colormap, plan.options.alpha, parallel=False)[1]
         out.thumbnail = _encode_thumb(overlay)
     return out
 

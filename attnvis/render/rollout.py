@@ -30,24 +30,17 @@ import numpy as np
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
-def _fuse(layer: np.ndarray, head_fusion: str) -> np.ndarray:
-    """[heads, Q, K] (or [Q, K]) → float64 [Q, K]."""
+def _fuse(layer: np.ndarray, head_fusion: str, dtype=np.float64) -> np.ndarray:
+    """[heads, Q, K] (or [Q, K]) → [Q, K] of ``dtype`` (read-only use: may be ``layer`` itself).
+
+    The mean is summed in ``dtype`` as the heads are read: no copy of every head.
+    """
     layer = np.asarray(layer)
     if layer.ndim == 2:
-        return layer.astype(np.float64)
-    if head_fusion == "mean":  # summed in float64 as it is read: no float64 copy of every head
-        return np.add.reduce(layer, axis=0, dtype=np.float64) / layer.shape[0]
-    return {"max": np.max, "min": np.min}[head_fusion](layer, axis=0).astype(np.float64)
-
-
-def _fuse_float32(layer: np.ndarray, head_fusion: str) -> np.ndarray:
-    """[heads, Q, K] (or [Q, K]) → float32 [Q, K]: what a vector times it needs, at a third of _fuse's cost."""
-    layer = np.asarray(layer)
-    if layer.ndim == 2:
-        return layer
+        return layer.astype(dtype, copy=False)
     if head_fusion == "mean":
-        return np.add.reduce(layer, axis=0) / np.float32(layer.shape[0])
-    return {"max": np.max, "min": np.min}[head_fusion](layer, axis=0)
+        return np.add.reduce(layer, axis=0, dtype=dtype) / dtype(layer.shape[0])
+    return {"max": np.max, "min": np.min}[head_fusion](layer, axis=0).astype(dtype, copy=False)
 
 
 def _discard(fused: np.ndarray, ratio: float) -> np.ndarray:
@@ -157,7 +150,7 @@ def rollout_row(maps: Sequence[np.ndarray], tokens, head_fusion: str = "mean") -
         vector = np.zeros(size)
         vector[tokens.cls_index] = 1.0
     for layer in reversed(maps):  # later layers multiply from the left: the vector meets them first
-        fused = _fuse_float32(layer, head_fusion)  # the vector and the sums stay float64
+        fused = _fuse(layer, head_fusion, np.float32)  # a third of float64's cost; the vector and sums stay float64
         weights = vector / (fused.sum(axis=-1, dtype=np.float64) + 1.0)  # the identity adds 1 to every row's sum
         vector = weights @ fused + weights  # vector · (fused + I) / row sums, without forming either
     return vector[tokens.prefix_tokens:].astype(np.float32)
