@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from attnvis.batch import manifest as mf
+from attnvis.batch.cores import batch_size_for
 from attnvis.batch.decode import decode
 from attnvis.batch.stages import THUMB_NAME, _one_line, _thumbnail, clean_tmp, write_files
 from attnvis.errors import AttnvisError, InputError
@@ -136,15 +137,16 @@ def caption_metadata(title: str = "cross-attention"):
 
 
 def caption_items(captioner, config, caption: CaptionOptions, items: list, root: Path, sink) -> None:
-    """Caption ``items`` in chunks of ``config.batch_size``; every record (ok or failed) goes to ``sink``."""
+    """Caption ``items`` in chunks of ``--batch-size`` (default by device); every record (ok or failed) goes to ``sink``."""
     from attnvis.captioning.inputs import check_beam_size
 
     check_beam_size(caption.beam_size)
     plan = _fingerprint(config, caption)
     clean_tmp(root)
-    for start in range(0, len(items), config.batch_size):
+    size = batch_size_for(config.batch_size, str(getattr(captioner, "device", "cpu")).partition(":")[0])  # torch's "cuda:0"
+    for start in range(0, len(items), size):
         decoded = []
-        for item in items[start:start + config.batch_size]:
+        for item in items[start:start + size]:
             try:
                 decoded.append((item, decode(item.path, item.key, None, config.max_pixels).image))
             except InputError as err:

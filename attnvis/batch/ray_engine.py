@@ -39,6 +39,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from attnvis.batch.cores import batch_size_for
 from attnvis.batch.inputs import Item
 from attnvis.batch.stages import STORE_ROW, RenderPlan
 from attnvis.errors import AttnvisError, InputError
@@ -263,14 +264,15 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's tqdm bar counts records instead
         context.print_on_execution_start = False
+        batch_size = batch_size_for(config.batch_size, "cuda" if self.gpus else "cpu")
         rows = ray.data.from_items([{"path": item.path, "key": item.key} for item in items])
         tasks = {"num_cpus": 1, "concurrency": config.workers}  # Ray Data retries tasks: max_retries=-1
-        decoded = rows.map_batches(decode_batch, batch_format="pyarrow", batch_size=config.batch_size,
+        decoded = rows.map_batches(decode_batch, batch_format="pyarrow", batch_size=batch_size,
                                    fn_kwargs={"plan": self.plan, "max_pixels": config.max_pixels}, **tasks)
         inferred = decoded.map_batches(
-            InferActor, batch_format="pyarrow", batch_size=config.batch_size,
+            InferActor, batch_format="pyarrow", batch_size=batch_size,
             fn_constructor_kwargs={"model": ray.put(self.model.read_bytes()), "device": config.device,
-                                   "threads": config.threads, "batch_size": config.batch_size},
+                                   "threads": config.threads, "batch_size": batch_size},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self._max_actors()),
             num_cpus=1, num_gpus=self.gpus or None, memory=self._actor_memory())  # restarts/retries: Ray Data's -1
         return inferred.map_batches(render_batch, batch_format="pyarrow", batch_size=1,

@@ -53,7 +53,7 @@ class BatchConfig:
     threads: int | None = None
     max_memory: int | None = None
     options: VisualizeOptions = field(default_factory=VisualizeOptions)
-    batch_size: int = 16
+    batch_size: int | None = None  # None: by device, attnvis.batch.cores.BATCH_SIZES
     workers: int | None = None
     resume: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -117,7 +117,7 @@ class BatchInterrupted(KeyboardInterrupt):
 
 
 def _check(config: BatchConfig) -> None:
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise InputError(f"--batch-size {config.batch_size} must be at least 1")
     if config.workers is not None and config.workers < 1:
         raise InputError(f"--workers {config.workers} must be at least 1")
@@ -264,9 +264,9 @@ def _engine(config: BatchConfig, session, plan, root: Path):
 
         return RayEngine(config, plan, root)
 
-    from attnvis.batch.cores import CoreSplit, fit_batch
+    from attnvis.batch.cores import CoreSplit, batch_size_for, fit_batch
 
-    fit = fit_batch(session.metadata, config.batch_size, config.max_memory)
+    fit = fit_batch(session.metadata, batch_size_for(config.batch_size, session.device), config.max_memory)
     split = None
     if config.threads is None and config.backend == "ort" and session.device == "cpu":
         split = CoreSplit(available_cores(), session.set_threads, fit.batch_size)

@@ -360,20 +360,42 @@ def decode_item(item: Item, plan: RenderPlan, max_pixels: int) -> Decoded | dict
     return decoded
 
 
-def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction: str | None, plan: RenderPlan, root: Path) -> dict:
-    """Render, encode and write one image (temporary names, then renames); return its manifest record.
+def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: RenderPlan):
+    """The image's map-store row, without its thumbnail (``None`` for ``--save images``, or a maps error).
 
-    ``OSError`` (disk full, permissions) propagates: it would fail every image.
-    With a map store, the record carries the image's row under :data:`STORE_ROW`.
+    An engine calls it where the maps were just computed, while they are still
+    in that core's cache: the rollout reads every layer's full maps once.
+
+    Returns:
+        (row or None, one-line error or None).
     """
     from attnvis.batch._store_layout import make_row
 
+    if plan.store_layout is None:
+        return None, None
+    try:
+        return make_row(item.key, item.path, decoded.size, attn, plan.metadata, plan.store_layout), None
+    except ValueError as err:
+        return None, f"{item.key}: cannot render ({_one_line(err)})"
+
+
+def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction: str | None, plan: RenderPlan, root: Path,
+                stored: tuple | None = None) -> dict:
+    """Render, encode and write one image (temporary names, then renames); return its manifest record.
+
+    ``OSError`` (disk full, permissions) propagates: it would fail every image.
+    With a map store, the record carries the image's row under :data:`STORE_ROW`:
+    ``stored`` (what :func:`store_row` returned where the maps were made), or made here.
+    """
+    row, error = stored if stored is not None else store_row(item, decoded, attn, plan)
+    if error is not None:
+        return failed_record(item.path, item.key, error, plan)
     try:
         rendered = render(item.key, decoded.image, attn, plan, prediction, decoded.size)
-        row = None if plan.store_layout is None else make_row(item.key, item.path, rendered.size, attn, plan.metadata,
-                                                               plan.store_layout, rendered.thumbnail)
     except ValueError as err:  # e.g. non-finite attention from the model for this image
         return failed_record(item.path, item.key, f"{item.key}: cannot render ({_one_line(err)})", plan)
+    if row is not None:
+        row.thumbnail = rendered.thumbnail
     if rendered.files:
         clean_tmp(root / item.key)  # leftovers of a killed run
         write_files(root, rendered.files)

@@ -83,19 +83,35 @@ def _pq():
 # --------------------------------------------------------------------------- writing
 
 
+# The columns are built from their buffers: pa.array() on anything first imports pandas when it is
+# installed (0.2-0.5 s, once per run, on the thread that feeds the model).
+
+
 def _fixed(pa, values: np.ndarray, width: int):
     """float32 [n, width] → a fixed-size-list column."""
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values, np.float32).reshape(-1)), width)
+    flat = np.ascontiguousarray(values, np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)]), width)
+
+
+def _int32(pa, values: list[int]):
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(np.asarray(values, np.int32))])
+
+
+def _binary(pa, values: list[bytes], kind):
+    """A string (``kind`` ``pa.string()``, values UTF-8) or binary column."""
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
 
 
 def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
     """The Arrow table of a shard, schema metadata included."""
     pa = _pa()
     hw = layout.patches
-    columns = {"image": pa.array([r.key for r in rows], pa.string()),
-               "source": pa.array([r.source for r in rows], pa.string()),
-               "width": pa.array([r.width for r in rows], pa.int32()),
-               "height": pa.array([r.height for r in rows], pa.int32())}
+    columns = {"image": _binary(pa, [r.key.encode() for r in rows], pa.string()),
+               "source": _binary(pa, [r.source.encode() for r in rows], pa.string()),
+               "width": _int32(pa, [r.width for r in rows]),
+               "height": _int32(pa, [r.height for r in rows])}
     for i in range(layout.layers):
         columns[f"layer_{i}"] = _fixed(pa, np.stack([r.layers[i] for r in rows]), layout.layer_patches(i))  # (n, h·w)
     for i, heads in enumerate(layout.heads or ()):
@@ -104,7 +120,7 @@ def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
     if layout.rollout:
         columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
     if layout.thumbs:
-        columns["thumbnail"] = pa.array([r.thumbnail for r in rows], pa.binary())
+        columns["thumbnail"] = _binary(pa, [r.thumbnail for r in rows], pa.binary())
     table = pa.table(columns)
     props = dict(meta.to_props())
     props[STORE_PROP] = json.dumps({**layout.to_json(), "identity": identity(meta, layout)})
@@ -220,7 +236,7 @@ def open_writer(root: Path, meta: ModelMetadata, layout: StoreLayout) -> StoreWr
             raise InputError(f"{folder} holds maps of another model or --store-heads setting ({path.name}: "
                              f"{_describe(doc)}; this run: {_describe({**layout.to_json(), 'source': meta.source})}); "
                              f"use another --output, or delete {folder} to start the store over")
-        for key in _pq().read_table(path, columns=["image"]).column("image").to_pylist():
+        for key in _pq().ParquetFile(path).read(columns=["image"]).column("image").to_pylist():
             keys[key] = path
         number = max(number, int(_SHARD.fullmatch(path.name).group(1)) + 1)
     return StoreWriter(root, meta, layout, keys, number)
@@ -411,7 +427,8 @@ class MapStore(Mapping):
 
 def _column(table, name: str, width: int) -> np.ndarray:
     """A fixed-size-list float32 column → read-only [rows, width]."""
-    values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    flat = table.column(name).combine_chunks().flatten()  # no nulls: the values buffer is the data
+    values = np.frombuffer(flat.buffers()[1], np.float32)[flat.offset:flat.offset + len(flat)]  # (to_numpy imports pandas)
     values = values.reshape(table.num_rows, width)
     values.flags.writeable = False
     return values

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -150,7 +151,49 @@ def rollout_row(maps: Sequence[np.ndarray], tokens, head_fusion: str = "mean") -
         vector = np.zeros(size)
         vector[tokens.cls_index] = 1.0
     for layer in reversed(maps):  # later layers multiply from the left: the vector meets them first
-        fused = _fuse(layer, head_fusion, np.float32)  # a third of float64's cost; the vector and sums stay float64
+        if head_fusion == "mean":
+            heads = np.asarray(layer, np.float32)
+            vector = _mean_step(np.ascontiguousarray(heads if heads.ndim == 3 else heads[None]), vector)
+            continue
+        fused = _fuse(layer, head_fusion, np.float32)
         weights = vector / (fused.sum(axis=-1, dtype=np.float64) + 1.0)  # the identity adds 1 to every row's sum
         vector = weights @ fused + weights  # vector · (fused + I) / row sums, without forming either
     return vector[tokens.prefix_tokens:].astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _mean_step(layer, vector):
+    """``vector · (mean_h layer[h] + I)`` with every row divided by its sum, in one pass over ``layer`` [heads, T, T].
+
+    Row by row: the heads' sum (float64), its total (+1 for the identity),
+    then the row's share of the product. Neither the fused matrix nor the
+    normalized one is ever stored: one read of the maps, in cache. The total
+    runs in four independent sums, so that it is not one long chain of
+    dependent additions (LLVM keeps IEEE order and would not split it).
+    """
+    heads, size = layer.shape[0], layer.shape[2]
+    out = np.zeros(size)
+    row = np.empty(size)
+    for q in range(layer.shape[1]):
+        for k in range(size):
+            row[k] = layer[0, q, k]
+        for h in range(1, heads):
+            for k in range(size):
+                row[k] += layer[h, q, k]
+        t0 = t1 = t2 = t3 = 0.0
+        k = 0
+        while k + 4 <= size:
+            t0 += row[k]
+            t1 += row[k + 1]
+            t2 += row[k + 2]
+            t3 += row[k + 3]
+            k += 4
+        while k < size:
+            t0 += row[k]
+            k += 1
+        weight = vector[q] / (((t0 + t1) + (t2 + t3)) / heads + 1.0)
+        scale = weight / heads  # the mean's 1/heads, applied once per row
+        for k in range(size):
+            out[k] += scale * row[k]
+        out[q] += weight
+    return out

@@ -25,6 +25,7 @@ _MODE_NAMES = {"F": "32-bit float", "I": "32-bit integer", "LAB": "Lab colour", 
 _PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 _VERIFIED_PILLOW = 13  # the Pillow major version attnvis.runtime._resample is tested against (its pass order changed in 13)
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", 0)  # OpenCV >= 4.11 decodes straight to RGB: no BGR pass
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -35,10 +36,10 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """
     if not data:
         raise InputError(f"{name}: the file is empty; give a PNG/JPEG/WebP/BMP/TIFF image")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_RGB or cv2.IMREAD_COLOR)
+    if rgb is None:
         raise InputError(f"{name}: cannot decode the image (corrupt, truncated or not an image); give a readable PNG/JPEG file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return rgb if _IMREAD_RGB else cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
 
 
 def probe(data: bytes, name: str, max_pixels: int) -> str:

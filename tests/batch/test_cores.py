@@ -135,3 +135,17 @@ def test_cli_max_memory(tiny_batch_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["batch", str(photos), "--max-memory", "lots"])
     assert "'lots' is not a size" in capsys.readouterr().err
+
+
+def test_the_default_batch_is_chosen_by_device(tiny_batch_model, tmp_path):
+    """``--batch-size`` left out: 8 on the CPU, where smaller batches are faster per image; 16 on CUDA."""
+    from attnvis.batch.cores import BATCH_SIZES, batch_size_for
+
+    photos = _photos(tmp_path / "in", 3)
+    run = run_batch(BatchConfig([str(photos)], str(tmp_path / "out"), model=tiny_batch_model, device="cpu",
+                                progress=False, gallery=False, max_memory=1))
+    assert run.done == 3 and any(note.startswith(f"batch: 1 per inference instead of {BATCH_SIZES['cpu']}:")
+                                 for note in run.notes)
+    assert run.seconds < CoreSplit.WAIT_S  # a first batch of one image: the split waits for its one render only
+    assert BATCH_SIZES == {"cpu": 8, "cuda": 16}
+    assert batch_size_for(None, "cuda") == 16 and batch_size_for(3, "cuda") == 3 and batch_size_for(None, "cpu") == 8

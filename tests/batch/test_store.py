@@ -45,6 +45,18 @@ def files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*_layer_*"))}
 
 
+def test_a_maps_run_never_imports_pandas(tiny_batch_model, tmp_path):
+    """pyarrow's pa.array() and Array.to_numpy() import pandas when it is installed: 0.2-0.5 s of every run."""
+    pytest.importorskip("pandas")
+    images(tmp_path / "in", 3)
+    args = ["batch", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", tiny_batch_model,
+            "--device", "cpu", "--no-progress", "--save", "maps"]
+    code = f"import sys; from attnvis.cli import main; rc = main({args!r}); print(rc, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout
+    assert out.splitlines()[-1] == "0 False"  # and the store and gallery were written
+    assert (tmp_path / "out" / "maps").is_dir() and (tmp_path / "out" / "index.html").is_file()
+
+
 def test_store_round_trip_equals_the_models_maps(tiny_batch_model, tmp_path):
     from attnvis.batch.stages import infer
     from attnvis.render import attention_grid, attention_rollout

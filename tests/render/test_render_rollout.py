@@ -116,3 +116,17 @@ def test_rollout_row_is_the_drawn_row_of_the_full_rollout(fusion, cls_index):
     drawn = full[cls_index] if cls_index is not None else full.mean(axis=0)  # a model without CLS: the mean row
     np.testing.assert_allclose(rollout_row(maps, tokens, fusion), drawn[prefix:], rtol=1e-5, atol=1e-7)
     assert all(np.array_equal(m, c) for m, c in zip(maps, copies))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_rollout_row_of_head_means_and_other_dtypes(dtype):
+    """``[T, T]`` maps (a ``mean-heads`` export) and non-float32 maps take the same one-pass kernel."""
+    from attnvis.metadata import TokenLayout
+    from attnvis.render.rollout import rollout_row
+
+    rng = np.random.default_rng(9)
+    maps = [rng.random((13, 13)) for _ in range(3)]
+    maps = [(m / m.sum(-1, keepdims=True)).astype(dtype) for m in maps]
+    tokens = TokenLayout(prefix_tokens=1, grid=(3, 4), cls_index=0)
+    want = attention_rollout([m.astype(np.float32) for m in maps])[0, 1:]
+    np.testing.assert_allclose(rollout_row(maps, tokens), want, rtol=1e-5, atol=1e-7)

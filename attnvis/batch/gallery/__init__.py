@@ -91,16 +91,16 @@ def write_gallery(root: str | Path, records: Sequence[dict], meta: ModelMetadata
     (root / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
     maps, store = write_map_scripts(root, GALLERY_DIR)  # the map store, drawn by the browser (maps.js)
     where = store.locations() if store is not None else {}
-    pages = max(1, -(-len(records) // PAGE_SIZE))
-    ok = sum(r["status"] == "ok" for r in records)
+    pages, ok = max(1, -(-len(records) // PAGE_SIZE)), 0
+    for number in range(pages):  # a page's records at a time: records may be read back lazily (manifest.Records)
+        page = records[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
+        ok += sum(r["status"] == "ok" for r in page)
+        entries = [_with_maps(gallery_entry(r, root), r, root, store, where) for r in page]
+        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, entries]))
     run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": pages, "pageSize": PAGE_SIZE,
            "total": len(records), "ok": ok, "failed": len(records) - ok, "classes": meta.extra.get("classes"),
            "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha, "colormap": colormap, "maps": maps,
            "luts": {name: colormap_table(name).tobytes().hex() for name in COLORMAPS} if maps else None}
-    for number in range(pages):  # a page's records at a time: records may be read back lazily (manifest.Records)
-        page = records[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
-        entries = [_with_maps(gallery_entry(r, root), r, root, store, where) for r in page]
-        write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _script("page", [number, entries]))
     write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))
     static = resources.files(__name__)
     for name in _STATIC:
