@@ -83,10 +83,8 @@ def _pq():
 # --------------------------------------------------------------------------- writing
 
 
-# The columns are built from their buffers: pa.array() on anything first imports pandas when it is
+# Columns are built from their buffers: pa.array() on anything first imports pandas when it is
 # installed (0.2-0.5 s, once per run, on the thread that feeds the model).
-
-
 def _fixed(pa, values: np.ndarray, width: int):
     """float32 [n, width] → a fixed-size-list column."""
     flat = np.ascontiguousarray(values, np.float32).reshape(-1)
