@@ -143,7 +143,7 @@ def caption_items(captioner, config, caption: CaptionOptions, items: list, root:
     check_beam_size(caption.beam_size)
     plan = _fingerprint(config, caption)
     clean_tmp(root)
-    size = batch_size_for(config.batch_size, str(getattr(captioner, "device", "cpu")).partition(":")[0])  # torch's "cuda:0"
+    size = batch_size_for(config.batch_size, config.device)
     for start in range(0, len(items), size):
         decoded = []
         for item in items[start:start + size]:

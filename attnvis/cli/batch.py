@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 
+from attnvis.batch.cores import BATCH_SIZES
 from attnvis.batch.run import ENGINES, BatchConfig, BatchInterrupted, run_batch
 from attnvis.batch.stages import SAVE_MODES
 from attnvis.cli._args import add_max_pixels, add_model_args, add_render_args, render_options
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
             action.help = ("ONNX Runtime intra-op threads (default on the CPU: settled from the first batch's costs, "
                            "1 for a render-bound model up to every core for an inference-bound one)")
     p.add_argument("--batch-size", type=int, default=BatchConfig.batch_size,
-                   help="images per inference call (default: 8 when the model runs on the CPU, 16 on CUDA)")
+                   help=f"images per inference call (default: {BATCH_SIZES['cpu']} when the model runs on the CPU, "
+                        f"{BATCH_SIZES['cuda']} on CUDA)")
     p.add_argument("--workers", type=int, default=None, help="decode/render threads (default: the cores available)")
     p.add_argument("--max-memory", type=_size, default=BatchConfig.max_memory, metavar="SIZE",
                    help="memory for the maps in flight, e.g. 8G: a smaller inference batch where full maps would "
