@@ -115,3 +115,16 @@ def test_gallery_screenshot_shows_the_thumbnails(site, tmp_path):
     pixels = cv2.imread(str(shot))[..., ::-1]  # RGB
     thumb_green = np.all(np.abs(pixels.astype(int) - (0, 160, 90)) <= 12, axis=-1)  # the thumbnails' colour
     assert thumb_green.sum() > 4 * 150 * 50, "thumbnails are not visible in the screenshot"
+
+
+@pytest.mark.parametrize("source", ["/data/photos/a b.jpg", "in/x.png", "x.png", "../up/y.jpg", "in/../in/z.jpg"])
+def test_source_paths_are_relative_to_the_output_as_relpath_makes_them(tmp_path, monkeypatch, source):
+    import os
+
+    from attnvis.batch.gallery import _Relative
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "out" / "run"
+    relative = _Relative(root)
+    want = Path(os.path.relpath(source, root)).as_posix()
+    assert relative(source) == want and relative(source) == want  # the folder's relpath, then from the cache

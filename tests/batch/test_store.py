@@ -103,7 +103,9 @@ def test_save_maps_keeps_the_thumbnails_in_the_store_and_writes_no_image_folder(
         thumb = cv2.imdecode(np.frombuffer(store.thumbnail(key), np.uint8), cv2.IMREAD_COLOR)
         assert thumb.shape == (THUMB_WIDTH * 240 // 320, THUMB_WIDTH, 3)
     page = (tmp_path / "out" / "gallery" / "page_0000.js").read_text()
-    assert page.count('"thumb": "data:image/jpeg;base64,') == 5  # the page carries them: no file to load
+    number, entries, thumbs = json.loads(page.removeprefix("attnvisGallery.page(").removesuffix(");\n"))
+    assert number == 0 and len(entries) == len(thumbs) == 5  # the page carries them: no file to load
+    assert [base64.b64decode(t) for t in thumbs] == [store.thumbnail(e["key"]) for e in entries]
     assert batch(tiny_batch_model, tmp_path / "in", tmp_path / "both", "--save", "both") == 0
     both = attnvis.load_maps(tmp_path / "both")  # --save both: the thumbnail is a file in the image's folder
     assert not both.layout.thumbs and both.thumbnail(key) is None and (tmp_path / "both" / key / "thumbnail.jpg").is_file()
@@ -254,6 +256,7 @@ def test_gallery_overlay_in_chromium_equals_the_python_renderer(tiny_batch_model
     dom = chromium(url, "--dump-dom")
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert 'data-state="ready"' in body and 'data-broken="0"' in body, body
+    assert dom.count('src="data:image/jpeg;base64,') == 3  # the page script's thumbnails, shown
     assert '<button class="">rollout</button>' in dom or '<button class="on">rollout</button>' in dom
     grid = store.rollout(key) if layer == 2 else store[key][layer]  # layer 2 of the 2-layer model: the rollout
     heat, over = render_map(grid, np.asarray(Image.open(store.source(key)).convert("RGB")), cmap, alpha)

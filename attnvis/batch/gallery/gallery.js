@@ -3,7 +3,10 @@ const S = { page: 0, img: null, layer: null, head: null, view: "overlay", word: 
 const G = window.attnvisGallery = {
   info: null, pages: {},
   run(info) { this.info = info; },
-  page([n, entries]) { this.pages[n] = entries; if (n === S.page) render(); },
+  page([n, entries, thumbs]) { // thumbs: the store's thumbnails in base64 (--save maps), beside the entries
+    (thumbs || []).forEach((t, i) => { if (t) entries[i].thumb = "data:image/jpeg;base64," + t; });
+    this.pages[n] = entries; if (n === S.page) render();
+  },
   rerender() { render(); },
 };
 const $ = (id) => document.getElementById(id);
