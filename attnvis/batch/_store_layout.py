@@ -142,9 +142,13 @@ def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndar
     block its stitched map), so rendering them gives the files ``--save
     images`` writes, byte for byte.
     """
-    from attnvis.render.rollout import rollout_row
+    from attnvis.render.rollout import cls_rows_with_rollout, rollout_row
 
-    layers = [_grid(a, meta, i).reshape(-1) for i, a in enumerate(attn)]  # per layer (h_i·w_i,)
+    fused = cls_rows_with_rollout(attn, meta.tokens) if layout.rollout else None  # the common case, in one call
+    if fused is not None:
+        layers, roll = list(fused[0]), fused[1]
+    else:
+        layers = [_grid(a, meta, i).reshape(-1) for i, a in enumerate(attn)]  # per layer (h_i·w_i,)
+        roll = rollout_row(attn, meta.tokens) if layout.rollout else None
     heads = [_head_grids(a, meta, i) for i, a in enumerate(attn)] if layout.heads is not None else None
-    roll = rollout_row(attn, meta.tokens) if layout.rollout else None
     return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll, thumbnail)

@@ -161,6 +161,58 @@ def rollout_row(maps: Sequence[np.ndarray], tokens, head_fusion: str = "mean") -
     return vector[tokens.prefix_tokens:].astype(np.float32)
 
 
+def cls_rows_with_rollout(maps: Sequence[np.ndarray], tokens) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every layer's head-mean CLS row and the rollout row of one image, in one compiled call.
+
+    What a map store keeps per image (:mod:`attnvis.batch.store`), where
+    calling :func:`attnvis.render.attention_grid` per layer and
+    :func:`rollout_row` costs more in Python than in arithmetic: row ``i``
+    equals ``attention_grid(maps[i], tokens).ravel()`` (the heads' float32 sum
+    in head order, divided once, as ``np.add.reduce``), and the rollout row
+    equals ``rollout_row(maps, tokens)``, bit for bit.
+
+    Args:
+        maps: per layer ``[heads, T, T]`` float32 for one image.
+        tokens: the model's :class:`attnvis.metadata.TokenLayout`.
+
+    Returns:
+        (float32 [layers, T - prefix], float32 [T - prefix]), or ``None`` where
+        this path does not apply: no CLS token, no patch grid, or maps that are
+        not all float32 ``[heads, T, T]`` of one shape (the general functions then).
+    """
+    if tokens.cls_index is None or tokens.grid is None or not maps:
+        return None
+    shape = np.shape(maps[0])
+    if len(shape) != 3 or shape[1] != shape[2] or shape[2] != tokens.prefix_tokens + tokens.grid[0] * tokens.grid[1]:
+        return None
+    if any(not isinstance(m, np.ndarray) or m.dtype != np.float32 or m.shape != shape for m in maps):
+        return None
+    if not 0 <= tokens.cls_index < shape[1]:
+        return None
+    layers = tuple(np.ascontiguousarray(m) for m in maps)  # one array type: numba's homogeneous tuple
+    rows = np.empty((len(layers), shape[2] - tokens.prefix_tokens), np.float32)
+    vector = _rows_and_rollout(layers, tokens.cls_index, tokens.prefix_tokens, rows)
+    return rows, vector[tokens.prefix_tokens:].astype(np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _rows_and_rollout(layers, cls, prefix, rows):
+    """Fill ``rows`` [layers, T - prefix] with each layer's head-mean CLS row; return the rollout's vector (float64 [T])."""
+    heads, size = layers[0].shape[0], layers[0].shape[2]
+    for i in range(len(layers)):
+        layer = layers[i]
+        for k in range(prefix, size):
+            total = layer[0, cls, k]  # float32 sums in head order, as np.add.reduce over the head axis
+            for h in range(1, heads):
+                total += layer[h, cls, k]
+            rows[i, k - prefix] = total / np.float32(heads)
+    vector = np.zeros(size)
+    vector[cls] = 1.0
+    for i in range(len(layers) - 1, -1, -1):  # as rollout_row: the last layer meets the vector first
+        vector = _mean_step(layers[i], vector)
+    return vector
+
+
 @njit(cache=True, nogil=True)
 def _mean_step(layer, vector):
     """``vector · (mean_h layer[h] + I)`` with every row divided by its sum, in one pass over ``layer`` [heads, T, T].

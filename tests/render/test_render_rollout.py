@@ -130,3 +130,36 @@ def test_rollout_row_of_head_means_and_other_dtypes(dtype):
     tokens = TokenLayout(prefix_tokens=1, grid=(3, 4), cls_index=0)
     want = attention_rollout([m.astype(np.float32) for m in maps])[0, 1:]
     np.testing.assert_allclose(rollout_row(maps, tokens), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("heads, prefix, grid", [(1, 1, (3, 3)), (4, 1, (12, 12)), (12, 5, (7, 9)), (16, 1, (4, 4))])
+def test_cls_rows_with_rollout_equal_attention_grid_and_rollout_row_bit_for_bit(heads, prefix, grid):
+    """The map store's one-call path: each layer's row is attention_grid's, the rollout row is rollout_row's."""
+    from attnvis.metadata import TokenLayout
+    from attnvis.render import attention_grid
+    from attnvis.render.rollout import cls_rows_with_rollout, rollout_row
+
+    rng = np.random.default_rng(heads)
+    size = prefix + grid[0] * grid[1]
+    maps = [rng.random((heads, size, size), dtype=np.float32) for _ in range(3)]
+    maps = [m / m.sum(-1, keepdims=True) for m in maps]
+    tokens = TokenLayout(prefix_tokens=prefix, grid=grid, cls_index=0)
+    rows, rollout = cls_rows_with_rollout(maps, tokens)
+    assert rows.dtype == rollout.dtype == np.float32 and rows.shape == (3, grid[0] * grid[1])
+    for layer, row in zip(maps, rows):
+        assert row.tobytes() == attention_grid(layer, tokens).tobytes()
+    assert rollout.tobytes() == rollout_row(maps, tokens).tobytes()
+
+
+def test_cls_rows_with_rollout_leaves_other_maps_to_the_general_functions():
+    from attnvis.metadata import TokenLayout
+    from attnvis.render.rollout import cls_rows_with_rollout
+
+    maps = [np.full((2, 10, 10), 0.1, np.float32)] * 2
+    tokens = TokenLayout(prefix_tokens=1, grid=(3, 3), cls_index=0)
+    assert cls_rows_with_rollout(maps, tokens) is not None
+    assert cls_rows_with_rollout(maps, TokenLayout(prefix_tokens=1, grid=(3, 3))) is None  # no CLS: the mean over queries
+    assert cls_rows_with_rollout([m.astype(np.float16) for m in maps], tokens) is None
+    assert cls_rows_with_rollout([m[0] for m in maps], tokens) is None  # [T, T]: heads already averaged
+    assert cls_rows_with_rollout([maps[0], maps[0][:1]], tokens) is None  # layers of different shapes
+    assert cls_rows_with_rollout(maps, TokenLayout(prefix_tokens=1, grid=(2, 3), cls_index=0)) is None  # keys ≠ grid
