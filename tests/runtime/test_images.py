@@ -1,4 +1,4 @@
-"""The image header check: a plain JPEG's size read from its segments equals PIL's; anything unusual is PIL's to judge."""
+"""Plain JPEGs the short way (attnvis.runtime._jpeg): the size equals PIL's, the pixels OpenCV's; anything unusual goes the general way."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from PIL import Image
 from attnvis.errors import InputError
 from attnvis.metadata import Preprocess
 from attnvis.runtime import images
-from attnvis.runtime.images import _jpeg_size, preprocess, probe
+from attnvis.runtime import _jpeg
+from attnvis.runtime.images import decode_image, preprocess, probe
 
 IMAGE = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
 
@@ -51,7 +52,7 @@ PLAIN = {
 def test_a_plain_jpegs_size_is_pils(kind):
     data = PLAIN[kind]()
     with Image.open(io.BytesIO(data)) as im:
-        assert _jpeg_size(data) == im.size == (53, 37)
+        assert _jpeg.size(data) == im.size == (53, 37)
         assert im.format == "JPEG" and im.mode in images.SUPPORTED_MODES
     assert probe(data, "x.jpg", 10_000) == "JPEG"
 
@@ -89,7 +90,7 @@ def unusual() -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", list(unusual()))
 def test_anything_unusual_is_left_to_pil(kind, monkeypatch):
     data = unusual()[kind]
-    assert _jpeg_size(data) is None
+    assert _jpeg.size(data) is None
 
     def verdict() -> str:
         try:
@@ -98,10 +99,107 @@ def test_anything_unusual_is_left_to_pil(kind, monkeypatch):
             return f"error: {err}"
 
     ours = verdict()
-    monkeypatch.setattr(images, "_jpeg_size", lambda data: None)  # PIL alone, as before the JPEG path existed
+    monkeypatch.setattr(_jpeg, "size", lambda data: None)  # PIL alone, as before the JPEG path existed
     assert ours == verdict()
     if kind in ("12-bit samples", "2 components", "zero width", "header cut short", "no frame header"):
         assert ours.startswith("error: x.jpg: ")  # refused by PIL's header check, as before
+
+
+def opencv(data: bytes) -> np.ndarray | None:
+    """What the general path decodes: OpenCV, RGB."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def photo_jpeg(*params: int, size=(240, 320)) -> bytes:
+    """A smooth picture with edges (the tiny model's scenes), as JPEG."""
+    from attnvis.models.tiny import make_scene
+
+    scene = cv2.resize(make_scene(3)[0], size[::-1], interpolation=cv2.INTER_LINEAR)
+    return opencv_jpeg(scene, *params)
+
+
+DIRECT = {  # libjpeg-turbo straight to RGB
+    "baseline 4:2:0": lambda: photo_jpeg(),
+    "odd size": lambda: photo_jpeg(size=(37, 53)),
+    "quality 30": lambda: photo_jpeg(cv2.IMWRITE_JPEG_QUALITY, 30),
+    "progressive": lambda: photo_jpeg(cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+    "optimized": lambda: photo_jpeg(cv2.IMWRITE_JPEG_OPTIMIZE, 1),
+    "restart markers": lambda: photo_jpeg(cv2.IMWRITE_JPEG_RST_INTERVAL, 2),
+    "4:4:4": lambda: photo_jpeg(cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444),
+    "4:2:2": lambda: photo_jpeg(cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422),
+    "grey": lambda: opencv_jpeg(IMAGE[..., 0]),
+    "noise": lambda: opencv_jpeg(),
+    "EXIF orientation 1": lambda: pil_jpeg(exif=exif_orientation(1)),
+    "EXIF without orientation": lambda: pil_jpeg(exif=Image.Exif()),
+}
+
+
+@pytest.mark.parametrize("kind", list(DIRECT))
+def test_a_plain_jpeg_is_decoded_directly_to_opencvs_pixels(kind):
+    data = DIRECT[kind]()
+    rgb = _jpeg.decode(data)
+    assert rgb is not None, "took the general path"
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.flags.c_contiguous
+    np.testing.assert_array_equal(rgb, opencv(data))
+
+
+def opencv_decides() -> dict[str, bytes]:
+    data = photo_jpeg()
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2 : len(data) // 2 + 40] = b"\xff\xd9" * 20  # an end-of-image marker mid-scan
+    return {
+        "EXIF orientation 6 (OpenCV rotates)": pil_jpeg(exif=exif_orientation(6)),
+        "EXIF orientation 3": pil_jpeg(exif=exif_orientation(3)),
+        "CMYK (OpenCV converts)": pil_jpeg("CMYK"),
+        "truncated": data[: len(data) // 2],
+        "corrupt scan data": bytes(corrupt),
+        "PNG": cv2.imencode(".png", IMAGE)[1].tobytes(),
+    }
+
+
+@pytest.mark.parametrize("kind", list(opencv_decides()))
+def test_what_opencv_must_decode_goes_to_opencv(kind):
+    data = opencv_decides()[kind]
+    assert _jpeg.decode(data) is None
+    want = opencv(data)
+    if want is None:  # truncated: the one-line refusal, as before
+        with pytest.raises(InputError, match="cannot decode the image"):
+            decode_image(data, "x.jpg")
+    else:
+        np.testing.assert_array_equal(decode_image(data, "x.jpg"), want)
+    if kind.startswith("EXIF orientation 6"):
+        assert decode_image(data).shape == (53, 37, 3)  # rotated a quarter turn
+
+
+def test_without_simplejpeg_every_jpeg_goes_to_opencv(monkeypatch):
+    data = photo_jpeg()
+    direct = _jpeg.decode(data)
+    monkeypatch.setattr(_jpeg, "simplejpeg", None)
+    assert _jpeg.decode(data) is None
+    np.testing.assert_array_equal(decode_image(data), direct)
+
+
+def test_the_exif_orientation_is_read_in_either_byte_order():
+    written = pil_jpeg(exif=exif_orientation(6))
+    found = _jpeg.segments(written)
+    assert _jpeg.orientation(written, found) == 6
+    start = next(s for m, s, _ in found if m == 0xE1) + 6  # the TIFF header
+    mine = {b"II": "little", b"MM": "big"}[written[start:start + 2]]
+    other = "big" if mine == "little" else "little"
+    swapped = bytearray(written)  # the same EXIF in the other byte order: header, IFD0's count, its entries
+    ifd = int.from_bytes(written[start + 4:start + 8], mine)
+    count = int.from_bytes(written[start + ifd:start + ifd + 2], mine)
+    swapped[start:start + 8] = (b"II" if other == "little" else b"MM") + (42).to_bytes(2, other) + ifd.to_bytes(4, other)
+    swapped[start + ifd:start + ifd + 2] = count.to_bytes(2, other)
+    for entry in range(start + ifd + 2, start + ifd + 2 + 12 * count, 12):
+        tag, kind, n = (int.from_bytes(written[entry + a:entry + b], mine) for a, b in ((0, 2), (2, 4), (4, 8)))
+        value = written[entry + 8:entry + 12]
+        value = value[:2][::-1] + value[2:] if kind == 3 and n == 1 else value[::-1]  # a SHORT sits in the first two bytes
+        swapped[entry:entry + 12] = tag.to_bytes(2, other) + kind.to_bytes(2, other) + n.to_bytes(4, other) + value
+    assert _jpeg.orientation(bytes(swapped), _jpeg.segments(bytes(swapped))) == 6
+    broken = written[:start] + b"XX" + written[start + 2:]
+    assert _jpeg.orientation(broken, _jpeg.segments(broken)) == 0  # unreadable: OpenCV decides
 
 
 def test_normalization_is_the_channel_last_arithmetic_exactly():
