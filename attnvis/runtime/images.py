@@ -13,8 +13,8 @@ import PIL
 from PIL import Image
 
 from attnvis.errors import InputError
-from attnvis.runtime import _jpeg
 from attnvis.metadata import Preprocess
+from attnvis.runtime import _jpeg
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~8K × 5K: its overlays and heatmaps alone take ~1 GB in flight
 
@@ -33,7 +33,7 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """Decode encoded image bytes to RGB uint8 (H, W, 3).
 
     A plain JPEG is decoded straight to RGB by libjpeg-turbo
-    (:func:`attnvis.runtime._jpeg.decode`, ~2x faster, the same pixels);
+    (:func:`attnvis.runtime._jpeg.decode`: the same pixels, 28% less time for a photo);
     everything else by ``cv2.imdecode``, which also rejects truncated files
     that ``cv2.imread`` would silently fill with grey.
     """
