@@ -31,8 +31,8 @@ GALLERY_DIR = "gallery"
 _STATIC = ("gallery.js", "maps.js", "gallery.css")  # package data beside this module, copied next to the page
 
 
-def gallery_entry(record: dict, root: Path, relative=None) -> dict:
-    """The compact form of a manifest record the page needs (paths relative to ``root``; ``relative``: a :class:`_Relative`)."""
+def gallery_entry(record: dict, relative: "_Relative") -> dict:
+    """The compact form of a manifest record the page needs (source paths made relative to the output by ``relative``)."""
     entry = {"key": record["key"], "status": record["status"]}
     if record["status"] != "ok":
         entry["error"] = record.get("error") or "failed"
@@ -43,7 +43,7 @@ def gallery_entry(record: dict, root: Path, relative=None) -> dict:
         entry["words"] = record["words"]
     if record.get("head_grids") and record.get("source"):  # head previews drawn over the source image
         entry["grids"] = record["head_grids"]
-        entry["src"] = (relative or _Relative(root))(record["source"])
+        entry["src"] = relative(record["source"])
     return entry
 
 
@@ -124,7 +124,7 @@ def write_gallery(root: str | Path, records: Sequence[dict], meta: ModelMetadata
     for number in range(pages):  # a page's records at a time: records may be read back lazily (manifest.Records)
         page = records[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
         ok += sum(r["status"] == "ok" for r in page)
-        entries = [gallery_entry(r, root, relative) for r in page]
+        entries = [gallery_entry(r, relative) for r in page]
         thumbs = [_with_maps(entry, r, store, where, relative) for entry, r in zip(entries, page)]
         write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _page_script(number, entries, thumbs))
     run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": pages, "pageSize": PAGE_SIZE,
