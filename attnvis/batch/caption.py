@@ -28,7 +28,7 @@ from attnvis.errors import AttnvisError, InputError
 
 @dataclass
 class CaptionOptions:
-    """The captioning part of a batch (``--infos_path``, feature folders, ``--beam-size``)."""
+    """The captioning part of a batch (``--infos_path``, feature folders, ``--beam-size``, a VLM's ``--prompt``)."""
 
     infos_path: str | None = None
     att_feats_dir: str | None = None
@@ -36,6 +36,7 @@ class CaptionOptions:
     boxes_dir: str | None = None
     backbone_weights: str | None = None
     beam_size: int = 1
+    prompt: str | None = None
 
     def features(self) -> dict:
         """The feature sources given, as ``load_captioner`` keywords."""
@@ -54,7 +55,7 @@ def is_caption_run(model: str | None, caption: CaptionOptions | None) -> bool:
 
 def _fingerprint(config, caption: CaptionOptions) -> str:
     opts = config.options
-    doc = {"model": config.model, "beam": caption.beam_size, "layer": opts.layer, "head": opts.head,
+    doc = {"model": config.model, "beam": caption.beam_size, "prompt": caption.prompt, "layer": opts.layer, "head": opts.head,
            "colormap": opts.colormap, "alpha": opts.alpha, "features": caption.features(), "kind": "caption"}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -96,17 +97,20 @@ def _failed(item, error: str, plan: str) -> dict:
 
 def _caption_chunk(captioner, chunk: list, config, caption: CaptionOptions) -> list:
     """Captions of decoded ``(item, image)`` pairs: the whole chunk at once, else one by one (failures kept)."""
+    from attnvis.captioning.word_figures import prompt_keywords
+
     feature_based = hasattr(captioner, "caption_one")
+    kwargs = {"beam_size": caption.beam_size, **prompt_keywords(captioner, caption.prompt)}
     if not feature_based:
         try:
-            return captioner.caption([image for _, image in chunk], beam_size=caption.beam_size)
+            return captioner.caption([image for _, image in chunk], **kwargs)
         except AttnvisError:
             pass  # find the image at fault below
     out = []
     for item, image in chunk:
         try:
             source = item.path if feature_based else image
-            out.append(captioner.caption([source], beam_size=caption.beam_size)[0])
+            out.append(captioner.caption([source], **kwargs)[0])
         except AttnvisError as err:
             out.append(err)
         except Exception as err:  # noqa: BLE001 - a bad feature file: record it, go on

@@ -18,6 +18,8 @@ _LAZY = {
     "load_captioner": "attnvis.captioning.load",
     "HFCaptioner": "attnvis.captioning.load",
     "ImageCaption": "attnvis.captioning.result",
+    "VLMCaption": "attnvis.captioning.result",
+    "VLMCaptioner": "attnvis.captioning.vlm",
     "export_hf_captioner": "attnvis.captioning.hf_export",
     "export_aoanet": "attnvis.captioning.export",
     "CaptionVisOptions": "attnvis.captioning.figures",

@@ -36,6 +36,7 @@ class CaptionVisOptions:
         alpha: heatmap weight in the overlays.
         device: ``cpu`` or ``cuda``.
         backend: ``torch`` or ``onnx``.
+        prompt: a vision-language model's prompt (None: its default); an error for other captioners.
     """
 
     output: Path = Path("attn_vis")
@@ -50,6 +51,7 @@ class CaptionVisOptions:
     alpha: float = 0.5
     device: str = "cpu"
     backend: str = "torch"
+    prompt: str | None = None
 
 
 @dataclass

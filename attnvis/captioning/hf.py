@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from attnvis._optional import require
-from attnvis.captioning.kinds import CAPTIONER_TYPES, read_config
+from attnvis.captioning.kinds import CAPTIONER_TYPES, read_config, supported_models
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import TokenLayout
 from attnvis.sources.hf import hf_layout
@@ -132,7 +132,7 @@ def _captioner_kind(path: Path) -> str:
     if kind not in CAPTIONER_TYPES:
         arch = ", ".join(config.get("architectures") or []) or "no architectures"
         raise ModelError(f"{path}: model_type {kind!r} ({arch}) is not a supported captioner; supported: "
-                         + ", ".join(f"{v} ({k})" for k, v in CAPTIONER_TYPES.items()))
+                         + supported_models())
     return kind
 
 

@@ -12,6 +12,16 @@ from pathlib import Path
 #: ``model_type`` values of the captioners attnvis loads, and the class each names.
 CAPTIONER_TYPES = {"vision-encoder-decoder": "VisionEncoderDecoderModel", "blip": "BlipForConditionalGeneration"}
 
+#: ``model_type`` values of the decoder-only vision-language models attnvis loads, and the class each names.
+VLM_TYPES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+             "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration",
+             "smolvlm": "SmolVLMForConditionalGeneration", "paligemma": "PaliGemmaForConditionalGeneration"}
+
+
+def supported_models() -> str:
+    """Every supported ``model_type`` with its class, for error messages."""
+    return ", ".join(f"{v} ({k})" for k, v in {**CAPTIONER_TYPES, **VLM_TYPES}.items())
+
 
 def read_config(path: str | Path) -> dict:
     """``config.json`` of a model directory, or ``{}`` when there is none or it is not JSON."""
@@ -24,4 +34,9 @@ def read_config(path: str | Path) -> dict:
 
 def is_captioner_dir(path: str | Path) -> bool:
     """Whether ``path`` is a Hugging Face directory of a captioner attnvis loads."""
-    return Path(path).is_dir() and read_config(path).get("model_type") in CAPTIONER_TYPES
+    return Path(path).is_dir() and read_config(path).get("model_type") in {**CAPTIONER_TYPES, **VLM_TYPES}
+
+
+def is_vlm_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a Hugging Face directory of a vision-language model attnvis loads (``--prompt`` applies)."""
+    return Path(path).is_dir() and read_config(path).get("model_type") in VLM_TYPES

@@ -3,7 +3,10 @@
 - a Hugging Face directory of a ``VisionEncoderDecoderModel`` or a
   ``BlipForConditionalGeneration`` (:class:`HFCaptioner`);
 - an AoANet ``model.pth`` with its ``infos_path`` (:class:`~attnvis.captioning.aoanet_images.AoAImageCaptioner`);
-- ``"default-captioner"``: the embedded tiny AoANet captioner.
+- ``"default-captioner"``: the embedded tiny AoANet captioner;
+- a Hugging Face directory of a decoder-only vision-language model (LLaVA,
+  Qwen2-VL, Qwen2.5-VL, Idefics3/SmolVLM, PaliGemma:
+  :class:`~attnvis.captioning.vlm.VLMCaptioner`; ``caption`` takes a ``prompt``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from attnvis.captioning import hf_decoding
 from attnvis.captioning.aoanet_images import DEFAULT_CAPTIONER, load_aoanet_images
 from attnvis.captioning.hf import HFCaptionModel, load_hf_captioner
-from attnvis.captioning.kinds import is_captioner_dir, read_config
+from attnvis.captioning.kinds import VLM_TYPES, is_captioner_dir, read_config
 from attnvis.captioning.inputs import as_images, check_beam_size
 from attnvis.captioning.result import ImageCaption
 from attnvis.errors import InputError
@@ -94,7 +97,7 @@ def load_captioner(model: str | Path, backend: str = "onnx", device: str = "auto
             ``att_feats_dir``, ``fc_feats_dir``, ``boxes_dir`` or ``backbone_weights``.
 
     Returns:
-        An object with ``caption(images, beam_size=1, max_new_tokens=None)``.
+        An object with ``caption(images, beam_size=1, max_new_tokens=None)`` (a VLM's also takes ``prompt``).
 
     Raises:
         InputError: a bad argument, a missing file, tokenizer or image processor.
@@ -116,6 +119,8 @@ def load_captioner(model: str | Path, backend: str = "onnx", device: str = "auto
                          f"an AoANet model.pth with infos_path, or {DEFAULT_CAPTIONER!r}")
     if not is_captioner_dir(path) and read_config(path).get("model_type") is None:
         raise InputError(f"{path}: not a Hugging Face model directory (no readable config.json with a model_type)")
+    if read_config(path).get("model_type") in VLM_TYPES:
+        return _load_vlm(path, backend, device)
     hf = load_hf_captioner(path, device=device)
     if backend == "torch":
         return HFCaptioner(hf, "torch")
@@ -129,3 +134,12 @@ def load_captioner(model: str | Path, backend: str = "onnx", device: str = "auto
 
     return HFCaptioner(hf, "onnx", onnx_step_backend(hf, device=device))
 
+
+
+def _load_vlm(path: Path, backend: str, device: str):
+    from attnvis.captioning.vlm import VLMCaptioner, load_vlm
+
+    if backend != "torch":
+        raise InputError(f"{path}: vision-language models run on the torch backend only; use backend='torch' "
+                         "(--backend torch)")
+    return VLMCaptioner(load_vlm(path, device=device), "torch")

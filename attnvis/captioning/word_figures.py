@@ -39,6 +39,8 @@ def paint_word(values: np.ndarray, image: np.ndarray, caption: ImageCaption, col
     from attnvis import render
 
     values = np.ascontiguousarray(values, dtype=np.float32)
+    if getattr(caption, "tiles", None) is not None:
+        return paint_tiles(values, image, caption.tiles, colormap, alpha)
     if caption.boxes is not None:
         return render.render_regions(values, caption.boxes, image, colormap, alpha)
     grid = caption.tokens.grid
@@ -46,6 +48,44 @@ def paint_word(values: np.ndarray, image: np.ndarray, caption: ImageCaption, col
     if grid is None or patches.size != grid[0] * grid[1]:
         raise InputError(f"cannot place {patches.size} encoder tokens on the image (grid {grid})")
     return render.render_map(np.ascontiguousarray(patches.reshape(grid)), image, colormap, alpha)
+
+
+def paint_tiles(values: np.ndarray, image: np.ndarray, tiles: list, colormap: str = "jet",
+                alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A VLM's ``(I,)`` image-token weights → ``(heatmap, overlay)``: each tile's grid painted on the part of
+    the image it covers (one colour scale for all), the rest dimmed; a global thumbnail beside, on the whole image."""
+    from attnvis import render
+
+    used = np.concatenate([values[t.start:t.start + t.grid[0] * t.grid[1]] for t in tiles])
+    scale = render.Scale(float(used.min()), float(used.max()))
+    parts = [_paste_tiles(values, image, [t for t in tiles if not t.thumbnail], colormap, alpha, scale)]
+    for t in (t for t in tiles if t.thumbnail):
+        grid = np.ascontiguousarray(values[t.start:t.start + t.grid[0] * t.grid[1]].reshape(t.grid))
+        parts.append(render.render_map(grid, image, colormap, alpha, scale=scale))
+    parts = [p for p in parts if p is not None]
+    return parts[0] if len(parts) == 1 else (_side_by_side([p[0] for p in parts]), _side_by_side([p[1] for p in parts]))
+
+
+def _side_by_side(pictures: list[np.ndarray]) -> np.ndarray:
+    gap = np.full((pictures[0].shape[0], 6, 3), 255, np.uint8)
+    return np.concatenate([x for p in pictures for x in (p, gap)][:-1], axis=1)
+
+
+def _paste_tiles(values, image, tiles, colormap, alpha, scale):
+    from attnvis import render
+
+    if not tiles:
+        return None
+    heat = np.zeros_like(image)
+    overlay = (image // 2).astype(np.uint8)  # what the model did not see stays dim
+    for t in tiles:
+        x1, y1, x2, y2 = (int(round(v)) for v in t.box)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        grid = np.ascontiguousarray(values[t.start:t.start + t.grid[0] * t.grid[1]].reshape(t.grid))
+        h, o = render.render_map(grid, np.ascontiguousarray(image[y1:y2, x1:x2]), colormap, alpha, scale=scale)
+        heat[y1:y2, x1:x2], overlay[y1:y2, x1:x2] = h, o
+    return heat, overlay
 
 
 def safe_word(word: str) -> str:
@@ -74,9 +114,21 @@ def write_word_maps(image: np.ndarray, caption: ImageCaption, opts: CaptionVisOp
     return files
 
 
+def prompt_keywords(captioner, prompt: str | None) -> dict:
+    """``{"prompt": prompt}`` for a vision-language model; ``{}`` without a prompt; one line for a captioner."""
+    if prompt is None:
+        return {}
+    from attnvis.captioning.vlm import VLMCaptioner
+
+    if not isinstance(captioner, VLMCaptioner):
+        raise InputError(f"--prompt applies to vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM, "
+                         f"PaliGemma); {getattr(captioner, 'name', 'this captioner')} captions without one")
+    return {"prompt": prompt}
+
+
 def visualize_hf_caption(image_path: str | Path, model_dir: str | Path,
                          options: CaptionVisOptions | None = None) -> CaptionReport:
-    """Caption one image with a Hugging Face captioner and write where each word looked."""
+    """Caption one image with a Hugging Face captioner or VLM (``options.prompt``) and write where each word looked."""
     from attnvis.captioning.features import read_image
     from attnvis.captioning.inputs import check_beam_size
     from attnvis.captioning.load import load_captioner
@@ -85,5 +137,5 @@ def visualize_hf_caption(image_path: str | Path, model_dir: str | Path,
     check_beam_size(opts.beam_size)
     image = read_image(image_path)
     captioner = load_captioner(model_dir, backend=opts.backend, device=opts.device)
-    (caption,) = captioner.caption([image], beam_size=opts.beam_size)
+    (caption,) = captioner.caption([image], beam_size=opts.beam_size, **prompt_keywords(captioner, opts.prompt))
     return CaptionReport(caption.sentence, write_word_maps(image, caption, opts), caption)

@@ -70,6 +70,26 @@ def add_caption_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boxes", default=None, help="AoANet region boxes (.npy, N x 4, xyxy pixels)")
     p.add_argument("--backbone-weights", default=None, help="local torchvision resnet101 weights for grid features")
     p.add_argument("--beam-size", type=int, default=1, help="1: greedy search")
+    add_prompt_arg(p)
+
+
+def add_prompt_arg(p: argparse.ArgumentParser) -> None:
+    """``--prompt``: a vision-language model's question or instruction."""
+    p.add_argument("--prompt", default=None,
+                   help="vision-language models (LLaVA, Qwen2-VL, SmolVLM, PaliGemma): the question or instruction, "
+                        "formatted by the model's own chat template (default: 'Describe the image.')")
+
+
+def check_prompt(args: argparse.Namespace) -> None:
+    """``--prompt`` only with a vision-language model directory: one line otherwise."""
+    from attnvis.captioning.kinds import is_vlm_dir, read_config
+
+    if args.prompt is None or (args.model and is_vlm_dir(args.model)):
+        return
+    kind = read_config(args.model).get("model_type") if args.model else None
+    what = f"{args.model} (model_type {kind!r})" if kind else repr(args.model)
+    raise InputError(f"--prompt applies to vision-language models (LLaVA, Qwen2-VL, Qwen2.5-VL, Idefics3, SmolVLM, "
+                     f"PaliGemma); {what} is not one")
 
 
 def render_options(args: argparse.Namespace) -> VisualizeOptions:

@@ -9,7 +9,7 @@ import sys
 from attnvis.batch.cores import BATCH_SIZES
 from attnvis.batch.run import ENGINES, BatchConfig, BatchInterrupted, run_batch
 from attnvis.batch.stages import SAVE_MODES
-from attnvis.cli._args import add_max_pixels, add_model_args, add_render_args, render_options
+from attnvis.cli._args import add_max_pixels, add_model_args, add_prompt_arg, add_render_args, check_prompt, render_options
 from attnvis.errors import InputError
 
 
@@ -50,6 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--boxes-dir", default=None, help="AoANet: folder of {id}.npy region boxes (xyxy pixels)")
     p.add_argument("--backbone-weights", default=None, help="AoANet: local torchvision resnet101 weights (grid features)")
     p.add_argument("--beam-size", type=int, default=1, help="captioners: 1 for greedy search")
+    add_prompt_arg(p)
     p.set_defaults(func=run)
 
 
@@ -69,7 +70,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
 
     caption = CaptionOptions(infos_path=args.infos_path, att_feats_dir=args.att_feats_dir,
                              fc_feats_dir=args.fc_feats_dir, boxes_dir=args.boxes_dir,
-                             backbone_weights=args.backbone_weights, beam_size=args.beam_size)
+                             backbone_weights=args.backbone_weights, beam_size=args.beam_size, prompt=args.prompt)
+    check_prompt(args)
     if caption.beam_size < 1:
         raise InputError(f"--beam-size must be a positive integer (1: greedy search), got {caption.beam_size}")
     return BatchConfig(caption=caption, inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,

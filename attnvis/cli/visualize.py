@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from attnvis.cli._args import (add_caption_args, add_figure_args, add_max_pixels, add_model_args, add_render_args,
-                               caption_backend, render_options)
+                               caption_backend, check_prompt, render_options)
 
 
 def add_parser(sub) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_prompt(args)
     if args.infos_path:
         return run_caption(args)
     from attnvis.captioning.kinds import is_captioner_dir
@@ -50,7 +51,7 @@ def run_caption(args: argparse.Namespace, hf: bool = False) -> int:
     opts = CaptionVisOptions(
         output=Path(args.output), att_feats=args.att_feats, boxes=args.boxes, backbone_weights=args.backbone_weights,
         beam_size=args.beam_size, head=args.head, layer=args.layer, save_raw=args.save_raw, colormap=args.colormap,
-        alpha=args.alpha, device=args.device, backend=caption_backend(args.backend))
+        alpha=args.alpha, device=args.device, backend=caption_backend(args.backend), prompt=args.prompt)
     if hf:
         report = visualize_hf_caption(args.image, args.model, opts)
     else:

@@ -1,0 +1,66 @@
+"""Tiny random-weight vision-language models with word-level tokenizers and chat templates, saved as HF directories."""
+
+from __future__ import annotations
+
+import torch
+
+WORDS = "a the red circle blue square and on dog cat left right big small describe image what is this".split()
+TEMPLATE_WORDS = ["USER:", "ASSISTANT:", "Describe", "the", "image."]
+#: A minimal chat template in the LLaVA-1.5 form ("USER: <image>\n{prompt} ASSISTANT:"), whitespace-separated.
+LLAVA_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] %}"
+                  "{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}"
+                  "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def tokenizer(specials: list[str], extra: list[str] = (), **names):
+    """A word-level fast tokenizer: ``specials`` first (registered as special tokens), then the words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = list(dict.fromkeys(WORDS + TEMPLATE_WORDS + list(extra)))
+    vocab = {t: i for i, t in enumerate(specials + [w for w in words if w not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **names)
+    fast.add_special_tokens({"additional_special_tokens": [s for s in specials if s not in names.values()]})
+    return len(vocab), fast
+
+
+def randomize(model: torch.nn.Module, scale: float = 0.3) -> None:
+    """Redraw every matrix with a larger scale than the default init: varied captions, some ending early."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, scale)
+
+
+def quiet_specials(lm_head: torch.nn.Linear, ids: list[int]) -> None:
+    """Zero the output rows of special tokens other than the end token (captions of words, not markers)."""
+    with torch.no_grad():
+        lm_head.weight[ids] = 0.0
+
+
+def make_llava(path, image: int = 28, patch: int = 7, seed: int = 0):
+    """LLaVA-1.5 layout: CLIP tower (CLS dropped), 2-layer projector, 2-layer Llama with GQA (4 heads, 2 kv)."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    n, tok = tokenizer(specials, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    vision = CLIPVisionConfig(image_size=image, patch_size=patch, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, intermediate_size=64, projection_dim=32)
+    text = LlamaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=4,
+                      vision_feature_select_strategy="default", vision_feature_layer=-2)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    randomize(model)
+    quiet_specials(model.lm_head, [0, 1, 3, 4])
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.save_pretrained(path)
+    proc = CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image})
+    LlavaProcessor(image_processor=proc, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE).save_pretrained(path)
+    return path
