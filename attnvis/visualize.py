@@ -165,7 +165,7 @@ def raw_map(maps, layer: int) -> np.ndarray:
 
 def layer_files(
     attn: list[np.ndarray], image: np.ndarray, meta: ModelMetadata, layers: list[int], options: VisualizeOptions,
-    *, parallel: bool = True, reuse: bool = False,
+    *, parallel: bool = True, reuse: bool = False, draw=None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(file name, RGB image) pairs with the per-layer file names for one image's chosen layers.
 
@@ -176,9 +176,14 @@ def layer_files(
     ``reuse=True`` every map is rendered into the same two arrays, for a
     caller that encodes each pair before taking the next: memory already
     mapped and in cache, instead of fresh pages for every map.
+    ``draw(grids, image, colormap, alpha)`` renders every map of the image at
+    once instead (the GPU: ``attnvis.batch.stages``), returning (heatmap, overlay) pairs.
     """
     from attnvis.render import render_map
 
+    if draw is not None:
+        yield from _drawn_files(attn, image, meta, layers, options, draw)
+        return
     out = (np.empty_like(image), np.empty_like(image)) if reuse else None
     for i in layers:
         name = safe_name(meta.layers[i].name)
@@ -187,6 +192,16 @@ def layer_files(
                                           out=out)
             yield f"attn_map_layer_{i}_{name}{suffix}.{options.format}", overlay
             yield f"heatmap_layer_{i}_{name}{suffix}.{options.format}", heatmap
+
+
+def _drawn_files(attn, image, meta: ModelMetadata, layers: list[int], options: VisualizeOptions, draw):
+    """:func:`layer_files` with every map drawn by one ``draw`` call."""
+    named = [(i, suffix, grid) for i in layers for suffix, grid in layer_images(attn[i], meta, options, i)]
+    drawn = draw([grid for _, _, grid in named], image, options.colormap, options.alpha)
+    for (i, suffix, _), (heatmap, overlay) in zip(named, drawn):
+        name = safe_name(meta.layers[i].name)
+        yield f"attn_map_layer_{i}_{name}{suffix}.{options.format}", overlay
+        yield f"heatmap_layer_{i}_{name}{suffix}.{options.format}", heatmap
 
 
 def render_layers(maps, image: np.ndarray, out: Path, layers: list[int],

@@ -52,13 +52,7 @@ def decode(path: str, name: str, pre: Preprocess | None, max_pixels: int = DEFAU
     """
     from attnvis.runtime.images import decode_image, preprocess
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise InputError(f"{name}: file not found") from None
-    except OSError as err:
-        raise InputError(f"{name}: cannot read the file ({err.strerror or err})") from None
+    data = read(path, name)
     fmt = probe(data, name, max_pixels)
     try:
         image = decode_image(data, name)
@@ -66,3 +60,14 @@ def decode(path: str, name: str, pre: Preprocess | None, max_pixels: int = DEFAU
         raise InputError(f"{name}: the {fmt} data is corrupt or truncated; OpenCV cannot decode it") from None
     tensor = preprocess([image], pre)[0] if pre is not None else np.empty((0,), np.float32)  # (C, h, w)
     return Decoded(image, tensor)
+
+
+def read(path: str, name: str) -> bytes:
+    """The file's bytes; a missing or unreadable file is an :class:`InputError` naming ``name``."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{name}: file not found") from None
+    except OSError as err:
+        raise InputError(f"{name}: cannot read the file ({err.strerror or err})") from None

@@ -1,33 +1,45 @@
 """Feeding the model a batch: JPEG decode on the GPU where it can run, else a CPU thread pool.
 
-:func:`choose_decoder` picks the decoder once per run:
+``attnvis batch --device cuda`` feeds the model through :class:`DeviceFeed`
+when :func:`device_feed` finds it usable (PyTorch with a CUDA device,
+torchvision's ``decode_jpeg``, a resize filter reproduced on the device):
 
-- :class:`GpuDecoder` when PyTorch sees a CUDA device and torchvision has
-  ``decode_jpeg`` (nvJPEG, batched): JPEG bytes go to the GPU, are decoded,
-  resized and normalized there, and the batch stays there as a CUDA tensor
-  (``OrtSession.run`` binds it in place). Other formats are decoded on the
-  CPU and uploaded. The resize is ``torch.nn.functional.interpolate`` with
-  antialiasing: close to PIL's filter, not equal to it (the GPU test allows a
-  mean difference of 1 level of 255 and at most 8, decoders included).
-- :class:`CpuDecoder` otherwise: :func:`attnvis.batch.decode.decode` per file
-  on a thread pool (OpenCV and PIL release the GIL); the reference path.
+- on the CPU threads (:meth:`DeviceFeed.read`), each file is read and its
+  header checked as the CPU path checks it (:func:`attnvis.batch.decode.probe`:
+  ``--max-pixels``, formats, pixel modes). A plain JPEG (a regular header,
+  1 or 3 components, no EXIF rotation: :func:`attnvis.runtime._jpeg.is_plain`)
+  is kept as bytes for the GPU; every other file (PNG, WebP, CMYK or
+  EXIF-rotated JPEGs...) is decoded and preprocessed there by today's CPU
+  path (:func:`attnvis.batch.stages.decode_item`), so what is accepted,
+  refused or rotated is unchanged;
+- on the driver, once per batch (:meth:`DeviceFeed.prepare`), the JPEGs are
+  decoded together by nvJPEG (``torchvision.io.decode_jpeg(device="cuda")``),
+  resized, cropped and normalized on the device with Pillow's arithmetic
+  (:mod:`attnvis.runtime._resample_torch`: the CPU path's values for the same
+  pixels), and the batch stays there as a CUDA tensor that ONNX Runtime reads
+  in place through IO binding (:mod:`attnvis.runtime._iobind`). A JPEG nvJPEG
+  refuses goes to the CPU path, whose verdict stands.
 
-A bad image never stops a batch: each decoder returns it in ``errors``.
+nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's, so the pixels
+of a JPEG can differ by a level or two from the CPU decode; everything after
+the decode equals the CPU path's values.
+
+:class:`CpuDecoder` and :class:`GpuDecoder` decode a list of files at once
+(the same two paths, for callers outside a batch run).
 """
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnvis.batch.decode import DEFAULT_MAX_PIXELS, decode, probe
+from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe, read
 from attnvis.errors import InputError
 from attnvis.metadata import Preprocess
 
-_JPEG_MAGIC = b"\xff\xd8\xff"
+_EOI = b"\xff\xd9"
 
 
 @dataclass
@@ -45,6 +57,19 @@ class Batch:
     images: list
     tensor: object
     errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Encoded:
+    """A plain JPEG, read and checked on a CPU thread, waiting for the device's decoder.
+
+    Attributes:
+        data: the file's bytes.
+        size: (height, width) from its header.
+    """
+
+    data: bytes
+    size: tuple[int, int]
 
 
 def gpu_decode_usable() -> tuple[bool, str]:
@@ -97,19 +122,191 @@ class CpuDecoder:
 
 def resize_plan(height: int, width: int, pre: Preprocess) -> tuple[tuple[int, int], tuple[int, int]]:
     """((resize h, w), (crop top, left)) as :func:`attnvis.runtime.images.preprocess` sizes an image."""
-    out_h, out_w = pre.size
-    if not pre.resize_short:
-        return (out_h, out_w), (0, 0)
-    scale_h, scale_w = (math.floor(s / pre.crop_pct + 1e-6) for s in (out_h, out_w))
-    if scale_h == scale_w:  # torchvision's Resize(int) arithmetic
-        size = (int(scale_w * height / width), scale_w) if width <= height else (scale_h, int(scale_h * width / height))
-    else:
-        size = (scale_h, scale_w)
-    return size, (int(round((size[0] - out_h) / 2.0)), int(round((size[1] - out_w) / 2.0)))
+    from attnvis.runtime._resample_torch import plan
+
+    return plan(height, width, pre)
+
+
+def nvjpeg(datas: list[bytes], device) -> list:
+    """RGB uint8 (3, H, W) tensors on ``device`` by ``torchvision.io.decode_jpeg`` (nvJPEG, batched); ``None`` where refused."""
+    import torch
+    import torchvision.io as tio
+
+    encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+    try:
+        return list(tio.decode_jpeg(encoded, mode=tio.ImageReadMode.RGB, device=device))
+    except RuntimeError:  # one bad JPEG fails the batched call: again one by one
+        out = []
+        for one in encoded:
+            try:
+                out.append(tio.decode_jpeg(one, mode=tio.ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+def device_feed(pre: Preprocess | None, device: str = "cuda") -> tuple[bool, str]:
+    """(usable, why not) for a batch fed on ``device``: a GPU for torchvision and a resize reproduced there."""
+    from attnvis.runtime._resample_torch import supported
+
+    if pre is None:
+        return False, "the model takes tensors, not images"
+    usable, why = gpu_decode_usable() if device == "cuda" else (True, "")
+    return (usable, why) if not usable else supported(pre)
+
+
+TORCH_DEVICE = "cuda"  # where DeviceFeed decodes (the tests' stand-in sets "cpu")
+
+
+def for_run(session, plan, backend: str = "ort"):
+    """A run's GPU side: (the feed or ``None``, the plan with its renderer, the summary's notes on both).
+
+    Only a session that runs on CUDA gets either; a CPU run is left as it is.
+    """
+    from dataclasses import replace
+
+    if session.device != "cuda":
+        return None, plan, []
+    usable, why = device_feed(plan.metadata.preprocess) if backend == "ort" else (False, "the torch backend reads host arrays")
+    render, render_why = _cuda_render(plan)
+    plan = replace(plan, renderer="cuda") if render else plan
+    feed = DeviceFeed(plan, TORCH_DEVICE, nvjpeg, image_on_device=render) if usable else None
+    notes = [] if usable else [f"decode: on the CPU threads, not nvJPEG: {why}"]
+    notes.append("render: on the GPU (numba-cuda), 8-bit images copied back, PNG encoding on the CPU threads" if render
+                 else f"render: on the CPU threads ({render_why})")
+    return feed, plan, notes
+
+
+def _cuda_render(plan) -> tuple[bool, str]:
+    """(render on the GPU, why not): ``--save images|both`` and numba-cuda usable; its kernels compiled here, once."""
+    if plan.save == "maps":
+        return False, "--save maps draws only the gallery's thumbnails"
+    from attnvis.render.gpu import cuda_render_usable, render_maps_cuda, sim_threads
+
+    if not cuda_render_usable():
+        return False, "numba-cuda is not installed or sees no GPU: pip install 'attnvis[gpu]'"
+    opts = plan.options
+    render_maps_cuda(np.ones((1, 2, 2), np.float32), np.zeros((4, 4, 3), np.uint8), opts.colormap, opts.alpha,
+                     threads=sim_threads())  # compiled before the workers share it
+    return True, ""
+
+
+class DeviceFeed:
+    """A batch run's decode and preprocessing on the GPU (see the module's docstring).
+
+    Args:
+        plan: the run's :class:`attnvis.batch.stages.RenderPlan`.
+        device: the torch device (``cuda``; the tests' stand-in runs ``cpu``).
+        decode_jpeg: ``f(list of bytes, device) -> list of (3, H, W) uint8 tensors or None``
+            (default :func:`nvjpeg`; the tests pass a CPU stand-in).
+        image_on_device: keep each decoded image on the device for the GPU renderer
+            (``--save images|both``); else it is copied to the host.
+    """
+
+    kind = "cuda"
+
+    def __init__(self, plan, device: str = "cuda", decode_jpeg=None, image_on_device: bool = False):
+        import torch
+
+        self.plan, self.torch = plan, torch
+        self.device = torch.device(device)
+        self.decode_jpeg = decode_jpeg or nvjpeg
+        self.image_on_device = image_on_device and plan.save != "maps"
+        self.counts = {"device": 0, "cpu": 0, "refused": 0}  # images by where they were decoded
+
+    def read(self, item, plan, max_pixels: int):
+        """On a CPU thread: :class:`Encoded` for a plain JPEG, else the CPU path's ``Decoded`` or failed record."""
+        from attnvis.batch import stages
+        from attnvis.runtime import _jpeg
+
+        try:
+            data = read(item.path, item.key)
+            probe(data, item.key, max_pixels)
+        except InputError as err:
+            return stages.failed_record(item.path, item.key, str(err), plan)
+        size = _jpeg.size(data)
+        if size is None or not data.endswith(_EOI) or not _jpeg.is_plain(data):  # a truncated file: the CPU's verdict
+            return stages.decode_item(item, plan, max_pixels)
+        return Encoded(data, (size[1], size[0]))
+
+    def prepare(self, batch: list, batch_size: int):
+        """On the driver: decode the batch's JPEGs on the device and make its input there.
+
+        Args:
+            batch: (item, :class:`Encoded` or ``Decoded``) pairs from :meth:`read`.
+            batch_size: the input's batch (zero-padded past ``len(batch)``, as :func:`attnvis.batch.stages.infer`).
+
+        Returns:
+            (float32 (batch_size, 3, h, w) tensor on the device, the kept (item, ``Decoded``) pairs,
+            failed records of JPEGs neither nvJPEG nor the CPU path could decode).
+        """
+        from attnvis.batch import stages
+
+        jpegs = [i for i, (_, got) in enumerate(batch) if isinstance(got, Encoded)]
+        decoded = dict(zip(jpegs, self.decode_jpeg([batch[i][1].data for i in jpegs], self.device))) if jpegs else {}
+        on_device, kept, failed = {}, [], []
+        for i, (item, got) in enumerate(batch):
+            if isinstance(got, Encoded) and decoded.get(i) is not None:
+                on_device[len(kept)] = decoded[i].permute(1, 2, 0)  # (H, W, 3)
+                kept.append((item, None))
+                continue
+            if isinstance(got, Encoded):  # nvJPEG refused it: the CPU path decides
+                self.counts["refused"] += 1
+                got = stages.decode_item(item, self.plan, 1 << 62)  # its header was checked by read()
+                if isinstance(got, dict):
+                    failed.append(got)
+                    continue
+            self.counts["cpu"] += 1
+            kept.append((item, got))
+        self.counts["device"] += len(on_device)
+        return self._input(kept, on_device, batch_size), self._finish(kept, on_device), failed
+
+    def _input(self, kept: list, on_device: dict, batch_size: int):
+        from attnvis.runtime._resample_torch import preprocess_tensors
+
+        torch, pre = self.torch, self.plan.metadata.preprocess
+        x = torch.zeros((max(batch_size, len(kept)), 3, *pre.size), dtype=torch.float32, device=self.device)
+        if on_device:
+            x[list(on_device)] = preprocess_tensors(list(on_device.values()), pre)
+        for i, (_, got) in enumerate(kept):
+            if got is not None:
+                x[i] = torch.from_numpy(got.tensor).to(self.device)
+        return x
+
+    def _finish(self, kept: list, on_device: dict) -> list:
+        """The kept pairs with a ``Decoded`` each: the image where the render stage wants it."""
+        out = []
+        for i, (item, got) in enumerate(kept):
+            if got is None:
+                image = on_device[i]
+                size = tuple(int(s) for s in image.shape[:2])
+                if self.plan.save == "maps" and not self.plan.thumbs:
+                    image = np.empty((0, 0, 3), np.uint8)
+                elif self.image_on_device and image.is_cuda:
+                    image = image.contiguous()  # read in place by the render kernel
+                else:
+                    image = image.contiguous().cpu().numpy()  # --save maps: shrunk to the thumbnail by the render stage
+                got = Decoded(image, np.empty((0,), np.float32), size)
+            out.append((item, got))
+        return out
+
+    def note(self) -> str:
+        """The summary's line: which decoder ran, for how many images, and why the others did not."""
+        c = self.counts
+        where = "nvJPEG on the GPU (torchvision decode_jpeg)" if self.device.type == "cuda" else f"a stand-in on {self.device}"
+        line = f"decode: {c['device']} plain JPEGs by {where}, resized and normalized there"
+        others = c["cpu"]
+        if others:
+            line += (f"; {others} on the CPU threads (other formats, EXIF-rotated or CMYK JPEGs"
+                     + (f", {c['refused']} JPEG(s) nvJPEG refused" if c["refused"] else "") + ")")
+        return line
 
 
 class GpuDecoder(CpuDecoder):  # pragma: no cover - needs a GPU; gpu_check.sh runs it
-    """nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")``, batched; resize and normalize on the GPU."""
+    """nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")``, batched; resize and normalize on the GPU.
+
+    Other formats and the JPEGs nvJPEG refuses are decoded on the CPU threads and uploaded.
+    """
 
     kind = "cuda"
 
@@ -118,56 +315,34 @@ class GpuDecoder(CpuDecoder):  # pragma: no cover - needs a GPU; gpu_check.sh ru
 
         super().__init__(pre, threads, max_pixels)
         self.torch, self.device = torch, torch.device("cuda")
-        self.mean = torch.tensor(pre.mean, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(pre.std, device=self.device).view(3, 1, 1)
 
     def _read(self, path: str):
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read(path, path)
             probe(data, path, self.max_pixels)
             return data
-        except OSError as err:
-            return f"{path}: cannot read the file ({err.strerror or err})"
         except InputError as err:
             return str(err)
 
     def __call__(self, paths: list[str]) -> Batch:
-        import torchvision.io
+        from attnvis.runtime import _jpeg
+        from attnvis.runtime._resample_torch import preprocess_tensors
 
         torch = self.torch
-        read = list(self.pool.map(self._read, paths))
-        errors = {p: r for p, r in zip(paths, read) if isinstance(r, str)}
-        good = [(p, r) for p, r in zip(paths, read) if not isinstance(r, str)]
-        jpegs = [i for i, (_, data) in enumerate(good) if data[:3] == _JPEG_MAGIC]
+        read_ = list(self.pool.map(self._read, paths))
+        errors = {p: r for p, r in zip(paths, read_) if isinstance(r, str)}
+        good = [(p, r) for p, r in zip(paths, read_) if not isinstance(r, str)]
+        jpegs = [i for i, (_, data) in enumerate(good) if _jpeg.is_plain(data) and data.endswith(_EOI)]
         images: list = [None] * len(good)
-        if jpegs:
-            encoded = [torch.frombuffer(bytearray(good[i][1]), dtype=torch.uint8) for i in jpegs]
-            try:
-                decoded = torchvision.io.decode_jpeg(encoded, mode=torchvision.io.ImageReadMode.RGB, device="cuda")
-            except RuntimeError:  # one corrupt JPEG fails the batched call: decode those one by one on the CPU
-                decoded = [None] * len(jpegs)
-            for i, chw in zip(jpegs, decoded):
-                images[i] = chw
+        for i, chw in zip(jpegs, nvjpeg([good[i][1] for i in jpegs], self.device) if jpegs else []):
+            images[i] = None if chw is None else chw.permute(1, 2, 0)
         for i, image in enumerate(images):
             if image is None:
                 result = self._one(good[i][0])
                 if isinstance(result, str):
                     errors[good[i][0]] = result
                 else:
-                    images[i] = torch.from_numpy(result.image).to(self.device).permute(2, 0, 1)
+                    images[i] = torch.from_numpy(result.image).to(self.device)
         kept = [(p, im) for (p, _), im in zip(good, images) if p not in errors]
-        tensor = torch.stack([self._prepare(im) for _, im in kept]) if kept else None
-        return Batch([p for p, _ in kept], [im.permute(1, 2, 0) for _, im in kept], tensor, errors)
-
-    def _prepare(self, chw):
-        """uint8 (3, H, W) on the GPU → float32 (3, h, w) resized, cropped and normalized."""
-        torch = self.torch
-        (h, w), (top, left) = resize_plan(chw.shape[1], chw.shape[2], self.pre)
-        mode = self.pre.interpolation if self.pre.interpolation in ("bilinear", "bicubic") else "bilinear"
-        x = torch.nn.functional.interpolate(chw[None].float(), size=(h, w), mode=mode, antialias=True,
-                                            align_corners=False)[0].clamp_(0, 255).round_()
-        x = x[:, top:top + self.pre.size[0], left:left + self.pre.size[1]]
-        if self.pre.channel_order.upper() == "BGR":
-            x = x.flip(0)
-        return ((x * float(self.pre.scale) - self.mean) / self.std).contiguous()  # as preprocess()
+        tensor = preprocess_tensors([im for _, im in kept], self.pre) if kept else None
+        return Batch([p for p, _ in kept], [im for _, im in kept], tensor, errors)

@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 
 from attnvis.batch.cores import CoreSplit
 from attnvis.batch.inputs import Item
-from attnvis.batch.stages import RenderPlan, decode_item, infer, render_item, store_row
+from attnvis.batch.stages import RenderPlan, decode_item, infer, infer_batch, render_item, store_row
 
 WORKER_NICE = 5  # niceness added to the worker threads: each then weighs ~1/3 of the driver with the scheduler
 
@@ -53,15 +53,18 @@ class LocalEngine:
         workers: decode/render threads (default: the cores available).
         max_pixels: decode limit (see :func:`attnvis.batch.decode.probe`).
         split: times the first batch and settles ORT's threads (:class:`attnvis.batch.cores.CoreSplit`).
+        feed: the GPU's decoder (:class:`attnvis.batch.feed.DeviceFeed`): the workers read and check
+            the files, the driver decodes each batch's JPEGs on the device; ``None``: the CPU decode.
     """
 
     def __init__(self, session, plan: RenderPlan, root: Path, batch_size: int = 16, workers: int | None = None,
-                 max_pixels: int = 40_000_000, split: CoreSplit | None = None):
+                 max_pixels: int = 40_000_000, split: CoreSplit | None = None, feed=None):
         self.session, self.plan, self.root = session, plan, Path(root)
         self.batch_size = batch_size
         self.workers = workers or available_cores()
         self.max_pixels = max_pixels
         self.split = split
+        self.feed = feed
         self.notes: list[str] = []  # for the run's summary
 
     def run(self, items: Iterable[Item], sink: Callable[[dict], None]) -> None:
@@ -85,6 +88,8 @@ class LocalEngine:
                     sink(rendering.popleft().result())
                 if self.split is not None and self.split.note:
                     self.notes.append(self.split.note)
+                if self.feed is not None:
+                    self.notes.append(self.feed.note())
             except BaseException:
                 for future in [f for _, f in decoding] + list(rendering):
                     future.cancel()
@@ -95,7 +100,8 @@ class LocalEngine:
             item = next(source, None)
             if item is None:
                 return
-            decoding.append((item, self._submit(pool, "decode", decode_item, item, self.plan, self.max_pixels)))
+            read = decode_item if self.feed is None else self.feed.read
+            decoding.append((item, self._submit(pool, "decode", read, item, self.plan, self.max_pixels)))
 
     def _next_batch(self, decoding, rendering, sink, pool, source, ahead) -> list:
         """Up to ``batch_size`` decoded images, in input order; bad files go to ``sink``."""
@@ -113,11 +119,17 @@ class LocalEngine:
         return batch
 
     def _submit_renders(self, pool, batch, rendering, sink, in_flight: int) -> None:
-        tensors = [decoded.tensor for _, decoded in batch]
-        if self.split is None:
-            maps, predictions = infer(self.session, tensors, self.batch_size)
+        if self.feed is not None:  # the GPU: decoded and preprocessed there, the input stays there
+            tensor, batch, failed = self.feed.prepare(batch, self.batch_size)
+            for record in failed:
+                sink(record)
+            if not batch:
+                return
+            maps, predictions = infer_batch(self.session, tensor, len(batch))
         else:
-            maps, predictions = self.split.infer(lambda *args: infer(self.session, *args), tensors, self.batch_size)
+            tensors = [decoded.tensor for _, decoded in batch]
+            maps, predictions = infer(self.session, tensors, self.batch_size) if self.split is None else \
+                self.split.infer(lambda *args: infer(self.session, *args), tensors, self.batch_size)
         stored = [store_row(item, decoded, attn, self.plan) for (item, decoded), attn in zip(batch, maps)]  # on the driver: the shorter lane
         for (item, decoded), attn, prediction, row in zip(batch, maps, predictions, stored):
             while len(rendering) >= in_flight:

@@ -270,8 +270,11 @@ def _engine(config: BatchConfig, session, plan, root: Path):
     split = None
     if config.threads is None and config.backend == "ort" and session.device == "cpu":
         split = CoreSplit(available_cores(), session.set_threads, fit.batch_size)
-    engine = LocalEngine(session, plan, root, fit.batch_size, config.workers, config.max_pixels, split)
-    engine.notes.append(fit.note)
+    from attnvis.batch.feed import for_run
+
+    feed, plan, gpu_notes = for_run(session, plan, config.backend)  # --device cuda: decode and render on the GPU
+    engine = LocalEngine(session, plan, root, fit.batch_size, config.workers, config.max_pixels, split, feed)
+    engine.notes += [fit.note, *gpu_notes]
     return engine
 
 

@@ -45,6 +45,8 @@ class RenderPlan:
         save: ``--save``: ``images`` (the per-layer files), ``maps`` (the map store
             and a thumbnail) or ``both``.
         store_heads: ``--store-heads``: per-head rows in the store too.
+        renderer: ``cpu`` (the numba kernels on the workers) or ``cuda`` (the numba-cuda
+            kernel, :func:`attnvis.render.gpu.render_maps_cuda`: the same bytes, so not in the fingerprint).
     """
 
     options: VisualizeOptions
@@ -54,6 +56,7 @@ class RenderPlan:
     thumbs: bool = True
     save: str = "images"
     store_heads: bool = False
+    renderer: str = "cpu"
 
     @cached_property  # asked once per image (manifest lines, --resume checks)
     def fingerprint(self) -> str:
@@ -123,6 +126,11 @@ def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[lis
     n = len(tensors)
     batch = np.zeros((max(n, batch_size), *tensors[0].shape), np.float32)  # (B, C, h, w)
     batch[:n] = np.stack(tensors)
+    return infer_batch(session, batch, n)
+
+
+def infer_batch(session, batch, n: int) -> tuple[list[list[np.ndarray]], list[str | None]]:
+    """:func:`infer` of a batch already made (zero-padded; a CUDA tensor from :mod:`attnvis.batch.feed`) of ``n`` images."""
     maps = session.run(batch)
     per_image = [[np.ascontiguousarray(layer[b]) for layer in maps.maps] for b in range(n)]
     return per_image, _predictions(maps, n)
@@ -171,7 +179,8 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
     if plan.save == "maps":
         return _render_thumbnail_only(key, image, attn, plan, prediction, size or image.shape[:2])
     opts = plan.options
-    named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True))
+    draw = _draw_cuda if plan.renderer == "cuda" else None
+    named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True, draw=draw))
     files, maps, last_overlay = [], [], None
     windowed = [layer.window is not None for layer in plan.metadata.layers]
     for i, h in ((i, h) for i in plan.layers for h in _heads(attn[i], opts, windowed[i])):  # layer_files' order
@@ -179,7 +188,8 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         files += [(f"{key}/{over_name}", encode_image(last_overlay, opts.format)),  # encoded before the next
                   (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # map overwrites the two arrays
         maps.append({"layer": i, "head": h, "overlay": files[-2][0], "heatmap": files[-1][0]})
-    out = Rendered(key, files, maps, image.shape[:2], prediction, head_grids=gallery_grids(attn, plan))
+    out = Rendered(key, files, maps, tuple(int(s) for s in image.shape[:2]), prediction,
+                   head_grids=gallery_grids(attn, plan))
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
@@ -205,10 +215,27 @@ def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], 
 
     out = Rendered(key, [], [], tuple(size), prediction)
     if plan.thumbs:
+        image = _shrink(image)  # decoded on the GPU: the whole image came back (a no-op for the CPU's thumbnail pixels)
         last = plan.layers[-1]
         grid = layer_images(attn[last], plan.metadata, plan.options, last)[-1][1]  # the last map, as images mode
         overlay = render_map(grid, image, plan.options.colormap, plan.options.alpha, parallel=False)[1]
         out.thumbnail = _encode_thumb(overlay)
+    return out
+
+
+def _draw_cuda(grids: list[np.ndarray], image, colormap: str, alpha: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every map of one image on the GPU, one launch per grid shape; 8-bit (heatmap, overlay) pairs back on the host.
+
+    ``image``: a CUDA array (decoded there) or a host one (uploaded). The bytes equal ``render_map``'s.
+    """
+    from attnvis.render.gpu import render_maps_cuda, sim_threads
+
+    out: list = [None] * len(grids)
+    for shape in dict.fromkeys(g.shape for g in grids):  # windowed models: a grid size per stage
+        chosen = [i for i, g in enumerate(grids) if g.shape == shape]
+        heat, over = render_maps_cuda(np.stack([grids[i] for i in chosen]), image, colormap, alpha, threads=sim_threads())
+        for j, i in enumerate(chosen):
+            out[i] = (heat[j], over[j])
     return out
 
 

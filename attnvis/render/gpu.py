@@ -12,12 +12,14 @@ simulator) is there to run them.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
 from attnvis.render.colormaps import DEFAULT_COLORMAP, colormap_table
 from attnvis.render.heatmap import Scale, _check_alpha, _check_grid, _range_args, check_rgb
 
+_SIM_LOCK = threading.Lock()
 _RANGE_BLOCKS = 128  # blocks per map of the range pass (grid-stride): one atomic pair per block
 
 
@@ -29,6 +31,13 @@ def cuda_render_usable() -> bool:
     except ImportError:
         return False
     return bool(cuda.is_available())
+
+
+def sim_threads() -> int | None:
+    """Threads per block for :func:`render_maps_cuda`: 32 under numba's CUDA simulator (a Python thread each), else its default."""
+    from numba.core import config
+
+    return 32 if config.ENABLE_CUDASIM else None
 
 
 def _k():
@@ -111,8 +120,16 @@ def render_maps_cuda(grids, image, colormap: str = DEFAULT_COLORMAP, alpha: floa
         ValueError: wrong dtype/shape, non-finite host maps, alpha, scale or colormap out of range.
         MissingExtraError: numba-cuda is not installed.
     """
-    alpha, lut = _check_alpha(alpha), _lut(colormap)  # an unknown colormap raises before any upload
+    alpha = _check_alpha(alpha)
     k = _k()
+    if k.SIMULATOR:  # the simulator swaps the kernels' module globals while one runs: one call at a time there
+        with _SIM_LOCK:
+            return _render(k, grids, image, colormap, alpha, scale, to_host, threads)
+    return _render(k, grids, image, colormap, alpha, scale, to_host, threads)
+
+
+def _render(k, grids, image, colormap: str, alpha: float, scale, to_host: bool, threads: int | None):
+    lut = _lut(colormap)  # an unknown colormap raises before any upload
     threads = threads or k.THREADS
     if threads > k.THREADS or threads & (threads - 1):
         raise ValueError(f"threads must be a power of two ≤ {k.THREADS}, got {threads}")

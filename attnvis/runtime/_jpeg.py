@@ -95,15 +95,24 @@ def orientation(data: bytes, found: list[tuple[int, int, int]]) -> int | None:
     return None
 
 
+def is_plain(data: bytes) -> bool:
+    """A regular header, 1 or 3 components, no EXIF orientation but 1: a JPEG whose RGB needs no correction.
+
+    What :func:`decode` and the GPU's decoder (:mod:`attnvis.batch.feed`) take;
+    CMYK and rotated files go to OpenCV, which converts and turns them.
+    """
+    found = segments(data)
+    frame = None if found is None else _frame(data, found)
+    return frame is not None and frame[2] != 4 and orientation(data, found) in (None, 1)
+
+
 def decode(data: bytes) -> np.ndarray | None:
     """RGB uint8 (H, W, 3) of a plain JPEG as OpenCV would decode it, or ``None`` where OpenCV should.
 
     Plain: a regular header, 1 or 3 components, no EXIF orientation but 1,
     and nothing libjpeg warns about while decoding.
     """
-    found = None if simplejpeg is None else segments(data)
-    frame = None if found is None else _frame(data, found)
-    if frame is None or frame[2] == 4 or orientation(data, found) not in (None, 1):
+    if simplejpeg is None or not is_plain(data):
         return None
     try:
         return simplejpeg.decode_jpeg(data, "RGB", strict=True)  # releases the GIL

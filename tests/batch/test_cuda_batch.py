@@ -1,0 +1,50 @@
+"""``attnvis batch --device cuda`` without a GPU: its CUDA branch with CPU stand-ins equals ``--device cpu``.
+
+The stand-ins (see ``cuda_fake_check.py``) replace only what needs a card: the
+CUDA provider, the torch device and nvJPEG; the render kernel runs under
+numba's CUDA simulator, which must be chosen before numba.cuda is first
+imported: hence a subprocess. Images are tiny: simulated kernels are slow.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("numba_cuda", reason="numba-cuda (the test extra) provides numba.cuda")
+pytest.importorskip("torch")
+HERE = Path(__file__).parent
+
+
+def _inputs(folder: Path) -> Path:
+    """Three plain JPEGs (one that the stand-in nvJPEG refuses), a PNG, an EXIF-rotated JPEG, a truncated one, a big one."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    smooth = lambda h, w: cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    for name, (h, w) in {"a.jpg": (20, 24), "b.jpg": (18, 30), "refused.jpg": (24, 16)}.items():
+        cv2.imwrite(str(folder / name), smooth(h, w))
+    cv2.imwrite(str(folder / "c.png"), smooth(16, 16))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate: the CPU path turns it
+    Image.fromarray(smooth(16, 22)).save(folder / "rotated.jpg", exif=exif.tobytes())
+    data = (folder / "a.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    cv2.imwrite(str(folder / "big.jpg"), smooth(64, 64))  # over --max-pixels 3000
+    return folder
+
+
+def test_the_cuda_branch_equals_the_cpu_run(tiny_batch_model, tmp_path):
+    inputs = _inputs(tmp_path / "in")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    result = subprocess.run([sys.executable, str(HERE / "cuda_fake_check.py"), tiny_batch_model, str(inputs),
+                             str(tmp_path / "out"), str(inputs / "refused.jpg")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    for line in ("ok images:", "ok maps:", "ok images: the same 7 records"):
+        assert line in result.stdout, result.stdout
+    assert "render: on the GPU (numba-cuda)" in result.stdout and "JPEG(s) nvJPEG refused" in result.stdout
