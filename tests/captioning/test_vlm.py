@@ -20,7 +20,8 @@ from tests.captioning import tiny_vlms  # noqa: E402
 
 NEW = 8
 PROMPT = "Describe the image."
-FAMILIES = {"llava": tiny_vlms.make_llava}
+FAMILIES = {"llava": tiny_vlms.make_llava, "qwen2_vl": tiny_vlms.make_qwen2_vl,
+            "qwen2_5_vl": lambda path: tiny_vlms.make_qwen2_vl(path, version="2.5")}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def _oracle(path, images, prompt: str = PROMPT):
     if proc.chat_template:
         message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         prompt = proc.apply_chat_template(message, add_generation_prompt=True)
-    inputs = proc(images=[[im] for im in images], text=[prompt] * len(images), return_tensors="pt", padding=True)
+    inputs = proc(images=[[im] for im in images], text=[prompt] * len(images), return_tensors="pt", padding=True,
+                  padding_side="left")
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=NEW, output_attentions=True,
                              return_dict_in_generate=True)
@@ -246,3 +248,15 @@ def test_prompt_on_a_model_that_is_not_a_vlm_is_one_line(tmp_path, capsys, comma
     err = capsys.readouterr().err
     assert code != 0 and "--prompt applies to vision-language models" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_grid_is_the_merged_patch_grid_over_the_whole_image(captioners, dirs, kind):
+    """``image_grid_thw`` counts 7-px patches; 2×2 of them make one token; the grid covers the whole image."""
+    from transformers import AutoProcessor
+
+    image = np.zeros((40, 72, 3), np.uint8)
+    (res,) = captioners[kind].caption([image], max_new_tokens=2)
+    thw = AutoProcessor.from_pretrained(dirs[kind]).image_processor(images=[image])["image_grid_thw"][0].tolist()
+    assert res.image_grid == [(thw[1] // 2, thw[2] // 2)] and thw[2] > thw[1]
+    assert res.tiles[0].box == (0.0, 0.0, 72.0, 40.0)

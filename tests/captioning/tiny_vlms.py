@@ -40,6 +40,12 @@ def quiet_specials(lm_head: torch.nn.Linear, ids: list[int]) -> None:
         lm_head.weight[ids] = 0.0
 
 
+def end_instead_of(lm_head: torch.nn.Linear, eos: int, word: int) -> None:
+    """The end token's output row a little above ``word``'s: answers end where they would have said it."""
+    with torch.no_grad():
+        lm_head.weight[eos] = lm_head.weight[word] * 1.05
+
+
 def make_llava(path, image: int = 28, patch: int = 7, seed: int = 0):
     """LLaVA-1.5 layout: CLIP tower (CLS dropped), 2-layer projector, 2-layer Llama with GQA (4 heads, 2 kv)."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
@@ -63,4 +69,49 @@ def make_llava(path, image: int = 28, patch: int = 7, seed: int = 0):
     proc = CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image})
     LlavaProcessor(image_processor=proc, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
                    num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE).save_pretrained(path)
+    return path
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>", "<unk>"]
+#: Qwen2-VL's chat layout, shortened: "<|im_start|>user <|vision_start|><|image_pad|><|vision_end|>{prompt}<|im_end|> ..."
+QWEN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {% for c in m['content'] %}"
+                 "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+                 "{% endif %}{% endfor %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant "
+                 "{% endif %}")
+
+
+def make_qwen2_vl(path, version: str = "2", seed: int = 0):
+    """Qwen2-VL (``version="2"``) or Qwen2.5-VL (``"2.5"``): 7-px patches merged 2×2, M-RoPE, GQA Qwen2 text model."""
+    import transformers
+
+    n, tok = tokenizer(QWEN_SPECIALS, extra=["user", "assistant"], pad_token="<|endoftext|>",
+                       eos_token="<|im_end|>")
+    tok.padding_side = "left"
+    text = dict(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=64, max_position_embeddings=4096, bos_token_id=None, eos_token_id=2,
+                pad_token_id=0, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+    ids = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
+    if version == "2":
+        vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=7)
+        cfg = transformers.Qwen2VLConfig(vision_config=vision, text_config=text, **ids)
+        cls, proc_cls = transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLProcessor
+    else:
+        vision = dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=4, patch_size=7,
+                      window_size=28, fullatt_block_indexes=[1])
+        cfg = transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **ids)
+        cls, proc_cls = transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLProcessor
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    randomize(model)
+    quiet_specials(model.lm_head, [0, 1, 3, 4, 5, 6, 7])
+    if version != "2":
+        end_instead_of(model.lm_head, 2, 30)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.save_pretrained(path)
+    images = transformers.Qwen2VLImageProcessor(patch_size=7, merge_size=2, temporal_patch_size=2,
+                                                size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
+    videos = transformers.Qwen2VLVideoProcessor(patch_size=7, merge_size=2, temporal_patch_size=2)
+    proc_cls(image_processor=images, tokenizer=tok, video_processor=videos,
+             chat_template=QWEN_TEMPLATE).save_pretrained(path)
     return path
