@@ -231,6 +231,9 @@ def _processor(path: Path, kind: str):
                          "model with processor.save_pretrained(DIR)")
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    except ImportError as err:  # e.g. SmolVLM's processor needs num2words
+        raise InputError(f"{path}: its processor needs a package that is not installed: "
+                         f"{str(err).splitlines()[0]}") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"{path}: cannot load its processor: {str(err).splitlines()[0]}") from None
     if getattr(processor, "tokenizer", None) is None or getattr(processor, "image_processor", None) is None:

@@ -21,7 +21,9 @@ from tests.captioning import tiny_vlms  # noqa: E402
 NEW = 8
 PROMPT = "Describe the image."
 FAMILIES = {"llava": tiny_vlms.make_llava, "qwen2_vl": tiny_vlms.make_qwen2_vl,
-            "qwen2_5_vl": lambda path: tiny_vlms.make_qwen2_vl(path, version="2.5")}
+            "qwen2_5_vl": lambda path: tiny_vlms.make_qwen2_vl(path, version="2.5"),
+            "paligemma": tiny_vlms.make_paligemma, "idefics3": tiny_vlms.make_idefics3,
+            "smolvlm": lambda path: tiny_vlms.make_idefics3(path, smol=True)}
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +262,23 @@ def test_qwen_grid_is_the_merged_patch_grid_over_the_whole_image(captioners, dir
     thw = AutoProcessor.from_pretrained(dirs[kind]).image_processor(images=[image])["image_grid_thw"][0].tolist()
     assert res.image_grid == [(thw[1] // 2, thw[2] // 2)] and thw[2] > thw[1]
     assert res.tiles[0].box == (0.0, 0.0, 72.0, 40.0)
+
+
+def test_idefics3_tiles_lie_where_the_processor_cut_them(captioners):
+    """A 40x48 image grows to 112 px and is cut into 2x2 tiles of 56 px, then the global view: 5 grids of 4x4."""
+    from attnvis.captioning.word_figures import paint_word
+
+    image = np.full((40, 48, 3), 100, np.uint8)
+    (res,) = captioners["idefics3"].caption([image], max_new_tokens=2)
+    assert res.image_grid == [(4, 4)] * 5 and res.image_attention.shape[-1] == 80
+    assert [t.thumbnail for t in res.tiles] == [False] * 4 + [True]
+    np.testing.assert_allclose([t.box for t in res.tiles[:4]],
+                               [(0, 0, 24, 20), (24, 0, 48, 20), (0, 20, 24, 40), (24, 20, 48, 40)])
+    assert [t.start for t in res.tiles] == [0, 16, 32, 48, 64]
+    values = np.zeros(80, np.float32)
+    values[16 + 5] = 1.0  # tile (0, 1), token (1, 1): x 30..36, y 5..10 of the original
+    heat, overlay = paint_word(values, image, res)
+    assert heat.shape == (40, 2 * 48 + 6, 3)  # the tiles on the image, the global view beside it
+    tiles_part = heat[:, :48].astype(int).sum(-1)
+    y, x = np.unravel_index(np.argmax(tiles_part), tiles_part.shape)
+    assert 24 <= x < 48 and y < 20

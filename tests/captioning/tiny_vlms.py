@@ -40,6 +40,12 @@ def quiet_specials(lm_head: torch.nn.Linear, ids: list[int]) -> None:
         lm_head.weight[ids] = 0.0
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def end_instead_of(lm_head: torch.nn.Linear, eos: int, word: int) -> None:
     """The end token's output row a little above ``word``'s: answers end where they would have said it."""
     with torch.no_grad():
@@ -114,4 +120,71 @@ def make_qwen2_vl(path, version: str = "2", seed: int = 0):
     videos = transformers.Qwen2VLVideoProcessor(patch_size=7, merge_size=2, temporal_patch_size=2)
     proc_cls(image_processor=images, tokenizer=tok, video_processor=videos,
              chat_template=QWEN_TEMPLATE).save_pretrained(path)
+    return path
+
+
+def make_paligemma(path, seed: int = 0):
+    """PaliGemma: SigLIP tower (16 tokens of 7 px over a squashed 28-px image), Gemma text model, plain prompt."""
+    from transformers import (GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              SiglipImageProcessor, SiglipVisionConfig)
+
+    n, tok = tokenizer(["<pad>", "<bos>", "<eos>", "<unk>", "<image>"], pad_token="<pad>", bos_token="<bos>",
+                       eos_token="<eos>")
+    vision = SiglipVisionConfig(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=64, projection_dim=32)
+    text = GemmaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=8, intermediate_size=64, max_position_embeddings=4096, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=0)
+    cfg = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=4, projection_dim=32,
+                          hidden_size=32, vocab_size=n)
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(cfg).eval()
+    randomize(model)
+    quiet_specials(model.lm_head, [0, 1, 3, 4])
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.save_pretrained(path)
+    images = SiglipImageProcessor(size={"height": 28, "width": 28})
+    images.image_seq_length = 16
+    PaliGemmaProcessor(image_processor=images, tokenizer=tok).save_pretrained(path)
+    return path
+
+
+IDEFICS_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: {% for c in m['content'] %}"
+                    "{% if c['type'] == 'image' %}<image>{% else %} {{ c['text'] }}{% endif %}{% endfor %}"
+                    "<end_of_utterance> {% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+def make_idefics3(path, smol: bool = False, seed: int = 0):
+    """Idefics3 (or SmolVLM): 56-px tiles of 7-px patches, pixel-shuffled 2× to 4×4 tokens; a 112-px image is cut
+    into up to 2×2 tiles plus the global view."""
+    import transformers
+
+    markers = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    specials = ["<pad>", "<s>", "<end_of_utterance>", "<unk>", "<image>", "<fake_token_around_image>",
+                "<global-img>"] + markers
+    n, tok = tokenizer(specials, extra=["User:", "Assistant:"], pad_token="<pad>", bos_token="<s>",
+                       eos_token="<end_of_utterance>")
+    tok.padding_side = "left"
+    prefix = "SmolVLM" if smol else "Idefics3"
+    vision = getattr(transformers, f"{prefix}VisionConfig")(image_size=56, patch_size=7, hidden_size=32,
+                                                           num_hidden_layers=2, num_attention_heads=4,
+                                                           intermediate_size=64)
+    text = transformers.LlamaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
+                                    bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = getattr(transformers, f"{prefix}Config")(vision_config=vision, text_config=text, scale_factor=2,
+                                                   image_token_id=4)
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(cfg).eval()
+    randomize(model)
+    quiet_specials(model.lm_head, [0, 1, 3] + list(range(4, len(specials))))
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.save_pretrained(path)
+    images = getattr(transformers, f"{prefix}ImageProcessor")(size={"longest_edge": 112},
+                                                              max_image_size={"longest_edge": 56})
+    extra = {"video_processor": transformers.SmolVLMVideoProcessor()} if smol and _has("num2words") else {}
+    # SmolVLM's own processor needs num2words; without it, Idefics3's (same tiles and markers) stands in
+    processor = getattr(transformers, f"{prefix if extra or not smol else 'Idefics3'}Processor")
+    processor(image_processor=images, tokenizer=tok, image_seq_len=16, chat_template=IDEFICS_TEMPLATE,
+              **extra).save_pretrained(path)
     return path
