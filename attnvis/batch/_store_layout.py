@@ -135,7 +135,7 @@ def _head_grids(attn: np.ndarray, meta: ModelMetadata, layer: int) -> np.ndarray
 
 
 def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndarray], meta: ModelMetadata,
-             layout: StoreLayout, thumbnail: bytes | None = None) -> StoreRow:
+             layout: StoreLayout, thumbnail: bytes | None = None, rollout: np.ndarray | None = None) -> StoreRow:
     """An image's store row from its captured maps (per layer, no batch axis).
 
     The layer rows are the grids ``attnvis visualize`` renders (for a windowed
@@ -144,11 +144,13 @@ def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndar
     """
     from attnvis.render.rollout import cls_rows_with_rollout, rollout_row
 
-    fused = cls_rows_with_rollout(attn, meta.tokens) if layout.rollout else None  # the common case, in one call
+    fused = cls_rows_with_rollout(attn, meta.tokens) if layout.rollout and rollout is None else None  # the common case
+    if rollout is not None:  # computed with the maps (on the GPU, whose attn are then each head's query row)
+        fused = None
     if fused is not None:
         layers, roll = list(fused[0]), fused[1]
     else:
         layers = [_grid(a, meta, i).reshape(-1) for i, a in enumerate(attn)]  # per layer (h_i·w_i,)
-        roll = rollout_row(attn, meta.tokens) if layout.rollout else None
+        roll = rollout if rollout is not None else rollout_row(attn, meta.tokens) if layout.rollout else None
     heads = [_head_grids(a, meta, i) for i, a in enumerate(attn)] if layout.heads is not None else None
     return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll, thumbnail)

@@ -167,11 +167,24 @@ def for_run(session, plan, backend: str = "ort"):
 
     if session.device != "cuda":
         return None, plan, []
+    from attnvis.batch._device_maps import reducible
+
     usable, why = device_feed(plan.metadata.preprocess) if backend == "ort" else (False, "the torch backend reads host arrays")
     render, render_why = _cuda_render(plan)
     plan = replace(plan, renderer="cuda") if render else plan
     feed = DeviceFeed(plan, TORCH_DEVICE, nvjpeg, image_on_device=render) if usable else None
     notes = [] if usable else [f"decode: on the CPU threads, not nvJPEG: {why}"]
+    reduce, reduce_why = reducible(plan)
+    if feed is not None and reduce:
+        feed.reduce_maps = True
+        notes.append("maps: full maps reduced on the GPU to each head's query row"
+                     + (" and the rollout row" if plan.store_layout is not None and plan.store_layout.rollout else "")
+                     + ", copied to page-locked memory once per batch")
+    elif plan.metadata.reduction == "none":
+        notes.append(f"maps: full maps copied to the host ({reduce_why if not reduce else why})")
+    else:
+        notes.append(f"maps: reduced in-graph ({plan.metadata.reduction}), written by the GPU into one "
+                     "page-locked buffer per batch")
     notes.append("render: on the GPU (numba-cuda), 8-bit images copied back, PNG encoding on the CPU threads" if render
                  else f"render: on the CPU threads ({render_why})")
     return feed, plan, notes
@@ -213,6 +226,7 @@ class DeviceFeed:
         self.decode_jpeg = decode_jpeg or nvjpeg
         self.image_on_device = image_on_device and plan.save != "maps"
         self.counts = {"device": 0, "cpu": 0, "refused": 0}  # images by where they were decoded
+        self.reduce_maps = False  # full maps reduced on the device (set by for_run)
 
     def read(self, item, plan, max_pixels: int):
         """On a CPU thread: :class:`Encoded` for a plain JPEG, else the CPU path's ``Decoded`` or failed record."""
@@ -289,6 +303,22 @@ class DeviceFeed:
                 got = Decoded(image, np.empty((0,), np.float32), size)
             out.append((item, got))
         return out
+
+    def infer(self, session, x, n: int):
+        """The batch's maps (per image, per layer, host arrays), predictions and rollout rows (or ``None`` s).
+
+        Full maps stay on the device and are reduced there when :attr:`reduce_maps`
+        (:mod:`attnvis.batch._device_maps`); reduced maps come back as the session binds them.
+        """
+        from attnvis.batch import stages
+        from attnvis.batch._device_maps import reduce_batch
+
+        if not self.reduce_maps:
+            maps, predictions = stages.infer_batch(session, x, n)
+            return maps, predictions, [None] * n
+        out = session.run(x, host_maps=False)
+        rows, rollouts = reduce_batch(out, n, self.plan, self.device)
+        return rows, stages.predictions(out, n), rollouts
 
     def note(self) -> str:
         """The summary's line: which decoder ran, for how many images, and why the others did not."""

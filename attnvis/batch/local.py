@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 
 from attnvis.batch.cores import CoreSplit
 from attnvis.batch.inputs import Item
-from attnvis.batch.stages import RenderPlan, decode_item, infer, infer_batch, render_item, store_row
+from attnvis.batch.stages import RenderPlan, decode_item, infer, render_item, store_row
 
 WORKER_NICE = 5  # niceness added to the worker threads: each then weighs ~1/3 of the driver with the scheduler
 
@@ -119,18 +119,20 @@ class LocalEngine:
         return batch
 
     def _submit_renders(self, pool, batch, rendering, sink, in_flight: int) -> None:
-        if self.feed is not None:  # the GPU: decoded and preprocessed there, the input stays there
+        rollouts = [None] * len(batch)
+        if self.feed is not None:  # the GPU: decoded and preprocessed there, the input and full maps stay there
             tensor, batch, failed = self.feed.prepare(batch, self.batch_size)
             for record in failed:
                 sink(record)
             if not batch:
                 return
-            maps, predictions = infer_batch(self.session, tensor, len(batch))
+            maps, predictions, rollouts = self.feed.infer(self.session, tensor, len(batch))
         else:
             tensors = [decoded.tensor for _, decoded in batch]
             maps, predictions = infer(self.session, tensors, self.batch_size) if self.split is None else \
                 self.split.infer(lambda *args: infer(self.session, *args), tensors, self.batch_size)
-        stored = [store_row(item, decoded, attn, self.plan) for (item, decoded), attn in zip(batch, maps)]  # on the driver: the shorter lane
+        stored = [store_row(item, decoded, attn, self.plan, roll)  # on the driver: the shorter lane
+                  for (item, decoded), attn, roll in zip(batch, maps, rollouts)]
         for (item, decoded), attn, prediction, row in zip(batch, maps, predictions, stored):
             while len(rendering) >= in_flight:
                 sink(rendering.popleft().result())

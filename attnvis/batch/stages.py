@@ -133,10 +133,10 @@ def infer_batch(session, batch, n: int) -> tuple[list[list[np.ndarray]], list[st
     """:func:`infer` of a batch already made (zero-padded; a CUDA tensor from :mod:`attnvis.batch.feed`) of ``n`` images."""
     maps = session.run(batch)
     per_image = [[np.ascontiguousarray(layer[b]) for layer in maps.maps] for b in range(n)]
-    return per_image, _predictions(maps, n)
+    return per_image, predictions(maps, n)
 
 
-def _predictions(maps, n: int) -> list[str | None]:
+def predictions(maps, n: int) -> list[str | None]:
     logits = maps.outputs.get("output", maps.outputs.get("logits"))
     classes = maps.metadata.extra.get("classes")
     if logits is None or not classes or logits.ndim != 2 or logits.shape[1] != len(classes):
@@ -387,8 +387,11 @@ def decode_item(item: Item, plan: RenderPlan, max_pixels: int) -> Decoded | dict
     return decoded
 
 
-def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: RenderPlan):
+def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: RenderPlan, rollout: np.ndarray | None = None):
     """The image's map-store row, without its thumbnail (``None`` for ``--save images``, or a maps error).
+
+    ``rollout``: the rollout row where it was computed with the maps (on the GPU:
+    :mod:`attnvis.batch._device_maps`, whose ``attn`` are query rows, not whole maps).
 
     An engine calls it where the maps were just computed, while they are still
     in that core's cache: the rollout reads every layer's full maps once.
@@ -401,7 +404,7 @@ def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: Render
     if plan.store_layout is None:
         return None, None
     try:
-        return make_row(item.key, item.path, decoded.size, attn, plan.metadata, plan.store_layout), None
+        return make_row(item.key, item.path, decoded.size, attn, plan.metadata, plan.store_layout, rollout=rollout), None
     except ValueError as err:
         return None, f"{item.key}: cannot render ({_one_line(err)})"
 

@@ -4,17 +4,18 @@
 call: for ViT-B/16's full maps that is 21 MiB an image, and the copy, not the
 model, bounds the rate. With IO binding the input is uploaded once per batch
 (or bound in place when it already is a CUDA array), the model's own outputs
-and reduced maps (``cls``, ``mean-heads``) are written into page-locked
-("pinned") host buffers, reused across calls of the same batch size, which
-the GPU fills by DMA, and full ``(B, heads, Q, K)`` maps stay on the device
-as ``OrtValue`` s unless the caller asks for them on the host.
+and reduced maps (``cls``, ``mean-heads``, an explanation's relevance rows)
+are written side by side into one device buffer (the "slab") and come back
+in one copy per batch into a page-locked ("pinned") host buffer, both reused
+across calls of the same batch size; full ``(B, heads, Q, K)`` maps stay on
+the device as ``OrtValue`` s unless the caller asks for them on the host.
 
 With ``cuda_graph`` every input and output is a fixed device buffer per batch
 size (ORT records the launches of the first run of a shape and replays them);
 host copies are made from those buffers after the run.
 
-Without a GPU (tests, ``--device cpu`` with ``io_binding=True``) the same
-code binds CPU memory, so the bookkeeping is checked everywhere.
+Without a GPU (tests, ``--device cpu`` with ``io_binding=True``) the slab is
+host memory that ORT writes directly, so the bookkeeping is checked everywhere.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Binder:
         self.outputs = session.get_outputs()
         self.binding = session.io_binding()
         self.pinned = device == "cuda"  # false once a pinned allocation fails: pageable buffers then
-        self._host: dict[tuple[str, int], np.ndarray] = {}
+        self._slabs: dict[int, tuple] = {}  # batch → (device OrtValue or None, host array): see _slab
         self._fixed: dict[int, tuple[list, list]] = {}  # batch → (input OrtValues, output OrtValues): CUDA graphs
 
     def placement(self, name: str, host_maps: bool) -> str:
@@ -88,16 +89,45 @@ class Binder:
             return "device"
         return "host"
 
-    def _host_buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        key = (name, shape[0])
-        buf = self._host.get(key)
-        if buf is None:
-            buf = pinned_empty(shape) if self.pinned else None
-            if buf is None:
+    def _slab_layout(self, batch: int, host_maps: bool) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """name → (offset in floats, shape) of the outputs that go to the host in the slab: fixed shapes, not full maps."""
+        layout, offset = {}, 0
+        for out in self.outputs:
+            shape = static_shape(list(out.shape), batch)
+            if shape is None or self.placement(out.name, host_maps) == "device" or \
+                    (self.full_maps and out.name.startswith("attn_")):
+                continue
+            layout[out.name] = (offset, shape)
+            offset += int(np.prod(shape))
+        return layout
+
+    def _slab(self, batch: int, floats: int) -> tuple:
+        """(device buffer or None, host buffer) of ``floats`` float32 for ``batch``, made once per batch size.
+
+        On CUDA, ORT writes the outputs into the device buffer and one copy brings
+        it to the host buffer (page-locked where CUDA gives one); on the CPU, ORT
+        writes the host buffer itself.
+        """
+        slab = self._slabs.get(batch)
+        if slab is None or slab[1].size != floats:
+            device = None
+            if self.device == "cuda":
+                import onnxruntime as ort
+
+                device = ort.OrtValue.ortvalue_from_shape_and_type((max(floats, 1),), np.float32, "cuda", 0)
+            host = pinned_empty((max(floats, 1),)) if self.pinned else None
+            if host is None:
                 self.pinned = False
-                buf = np.empty(shape, np.float32)
-            buf = self._host[key] = buf
-        return buf
+                host = np.empty(max(floats, 1), np.float32)
+            slab = self._slabs[batch] = (device, host[:floats])
+        return slab
+
+    def _copy_back(self, device, host: np.ndarray) -> None:
+        """The slab's one device → host copy (``cudaMemcpy``: the run has finished, ORT synchronized its stream)."""
+        lib = _cudart()
+        if lib is None or lib.cudaMemcpy(ctypes.c_void_p(host.ctypes.data), ctypes.c_void_p(device.data_ptr()),
+                                         ctypes.c_size_t(host.nbytes), 2) != 0:  # 2: cudaMemcpyDeviceToHost
+            host[:] = device.numpy()[:host.size]
 
     def _bind_input(self, name: str, x) -> int:
         cai = getattr(x, "__cuda_array_interface__", None)
@@ -117,23 +147,30 @@ class Binder:
         batch = 0
         for name, x in zip(self.inputs, inputs):
             batch = self._bind_input(name, x)
-        fixed = []
+        layout = self._slab_layout(batch, host_maps)
+        device, host = self._slab(batch, sum(int(np.prod(shape)) for _, shape in layout.values()))
+        base = device.data_ptr() if device is not None else host.ctypes.data
         for out in self.outputs:
-            shape = static_shape(list(out.shape), batch)
-            if self.placement(out.name, host_maps) == "device":
+            if out.name in layout:  # small outputs, side by side in the slab
+                offset, shape = layout[out.name]
+                self.binding.bind_output(out.name, self.device, 0, np.float32, list(shape), base + 4 * offset)
+            elif self.placement(out.name, host_maps) == "device":
                 self.binding.bind_output(out.name, "cuda", 0)
-                fixed.append(None)
-            elif shape is not None and not (self.full_maps and out.name.startswith("attn_")):
-                buf = self._host_buffer(out.name, shape)  # small outputs: pinned, reused
-                self.binding.bind_output(out.name, "cpu", 0, np.float32, list(shape), buf.ctypes.data)
-                fixed.append(buf)
             else:
                 self.binding.bind_output(out.name, "cpu")  # large or dynamic: ORT allocates, once
-                fixed.append(None)
         self.session.run_with_iobinding(self.binding)
         values = self.binding.get_outputs()
-        return [buf.copy() if buf is not None else self._fetch(v, out.name, host_maps)
-                for buf, v, out in zip(fixed, values, self.outputs)]
+        if device is not None and layout:
+            self._copy_back(device, host)
+        kept = host.copy() if layout else host  # one host copy: the next call reuses the slab
+        results = []
+        for value, out in zip(values, self.outputs):
+            if out.name in layout:
+                offset, shape = layout[out.name]
+                results.append(kept[offset:offset + int(np.prod(shape))].reshape(shape))
+            else:
+                results.append(self._fetch(value, out.name, host_maps))
+        return results
 
     def _fetch(self, value, name: str, host_maps: bool):
         return value if self.placement(name, host_maps) == "device" else value.numpy()

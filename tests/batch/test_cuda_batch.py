@@ -38,13 +38,44 @@ def _inputs(folder: Path) -> Path:
     return folder
 
 
-def test_the_cuda_branch_equals_the_cpu_run(tiny_batch_model, tmp_path):
+def _check(model: str, tmp_path: Path, modes: str) -> str:
     inputs = _inputs(tmp_path / "in")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    result = subprocess.run([sys.executable, str(HERE / "cuda_fake_check.py"), tiny_batch_model, str(inputs),
-                             str(tmp_path / "out"), str(inputs / "refused.jpg")],
+    result = subprocess.run([sys.executable, str(HERE / "cuda_fake_check.py"), model, str(inputs),
+                             str(tmp_path / "out"), str(inputs / "refused.jpg"), modes],
                             capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    for line in ("ok images:", "ok maps:", "ok images: the same 7 records"):
-        assert line in result.stdout, result.stdout
-    assert "render: on the GPU (numba-cuda)" in result.stdout and "JPEG(s) nvJPEG refused" in result.stdout
+    return result.stdout
+
+
+def test_the_cuda_branch_equals_the_cpu_run_with_full_maps(tiny_batch_model, tmp_path):
+    out = _check(tiny_batch_model, tmp_path, "images,maps")
+    for line in ("ok images: the same 7 records (2 refused", "ok images: 20 PNGs within one level", "ok maps:"):
+        assert line in out, out
+    assert "render: on the GPU (numba-cuda)" in out and "JPEG(s) nvJPEG refused" in out
+    assert "full maps reduced on the GPU to each head's query row and the rollout row" in out
+
+
+@pytest.fixture(scope="module")
+def cls_model(tmp_path_factory):
+    """The tiny ViT exported with its maps reduced in-graph (--reduce cls)."""
+    import torch
+
+    from attnvis.export.onnx import export_onnx
+    from attnvis.metadata import Preprocess, TokenLayout
+    from attnvis.models.tiny import TinyViT, TinyViTConfig
+    from attnvis.sources import ModelSource
+
+    torch.manual_seed(0)
+    net = TinyViT(TinyViTConfig(image_size=32, patch_size=8, dim=16, depth=2, heads=2, num_classes=3)).eval()
+    tokens = TokenLayout(prefix_tokens=1, grid=(4, 4), cls_index=0, prefix_names=("cls",))
+    source = ModelSource(net, (torch.zeros(2, 3, 32, 32),), tokens, Preprocess(size=(32, 32)), "tiny-cls")
+    path = tmp_path_factory.mktemp("model") / "tiny-cls.onnx"
+    export_onnx(source, path, reduce="cls", validate=False)
+    return str(path)
+
+
+def test_the_cuda_branch_equals_the_cpu_run_with_cls_rows(cls_model, tmp_path):
+    out = _check(cls_model, tmp_path, "maps")
+    assert "ok maps: 5 images' maps within 1e-4" in out, out
+    assert "maps: reduced in-graph (cls), written by the GPU into one page-locked buffer per batch" in out

@@ -83,3 +83,19 @@ def test_cuda_graph_needs_cuda(tiny_batch_model):
         OrtSession(tiny_batch_model, device="cpu", cuda_graph=True)
     with pytest.raises(InputError, match="CUDA graphs"):
         OrtSession(tiny_batch_model, device="auto", cuda_graph=True)
+
+
+def test_small_outputs_come_back_together_in_one_buffer_per_call(cls_model):
+    """Reduced maps and logits share one slab: one device → host copy per batch on a GPU."""
+    session = OrtSession(cls_model, device="cpu", io_binding=True)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    got = session.run(x)
+    arrays = [*got.maps, *got.outputs.values()]
+    owner = arrays[0].base
+    assert len(arrays) >= 3 and owner is not None and all(a.base is owner for a in arrays)
+    layout = session.binder._slab_layout(3, host_maps=True)
+    assert sorted(layout) == sorted(o.name for o in session.session.get_outputs())
+    offsets = sorted(offset for offset, _ in layout.values())
+    assert offsets[0] == 0 and len(set(offsets)) == len(offsets)  # side by side, none overlapping
+    again = session.run(x)
+    assert again.maps[0].base is not owner  # each call's results are its own
