@@ -139,7 +139,14 @@ class Preprocess:
 
 @dataclass
 class ModelMetadata:
-    """All an exported model says about itself."""
+    """All an exported model says about itself.
+
+    ``explain`` is set on graphs exported with ``--explain`` (:mod:`attnvis.explain`):
+    ``{"methods": [...], "start_layer": int, "discard_ratio": float}``; the graph then takes a
+    ``target`` input (int64 ``[B]``, negative = top-1) and has a ``relevance_{method}`` output
+    (``[B, patches]``, hyphens as underscores) per method after the model's own outputs.
+    ``labels`` are the class names of a classifier's output (``attnvis.labels``), or ``None``.
+    """
 
     layers: list[LayerInfo] = field(default_factory=list)
     tokens: TokenLayout = field(default_factory=TokenLayout)
@@ -149,6 +156,8 @@ class ModelMetadata:
     model_outputs: list[str] = field(default_factory=list)
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    explain: dict[str, Any] | None = None
+    labels: list[str] | None = None
 
     @property
     def attn_outputs(self) -> list[str]:
@@ -168,8 +177,12 @@ class ModelMetadata:
             "model_outputs": self.model_outputs,
             "source": self.source,
             "extra": self.extra,
+            "explain": self.explain,
+            "labels": self.labels,
         }
-        return {PROP_PREFIX + key: json.dumps(value) for key, value in doc.items()}
+        # plain exports carry no explain/labels keys: their files stay as they were
+        return {PROP_PREFIX + key: json.dumps(value) for key, value in doc.items()
+                if value is not None or key not in ("explain", "labels")}
 
     @classmethod
     def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
@@ -193,6 +206,8 @@ class ModelMetadata:
             model_outputs=list(doc.get("model_outputs") or []),
             source=doc.get("source", ""),
             extra=dict(doc.get("extra") or {}),
+            explain=doc.get("explain"),
+            labels=doc.get("labels"),
         )
 
 

@@ -23,6 +23,11 @@ def add_parser(sub) -> None:
     p.add_argument("--mean", default=None, help="R,G,B normalization mean, for an ONNX file made elsewhere (default 0,0,0)")
     p.add_argument("--std", default=None, help="R,G,B normalization std, for an ONNX file made elsewhere (default 1,1,1)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the ORT-vs-PyTorch check")
+    p.add_argument("--explain", default=None, metavar="METHODS",
+                   help="comma-separated explanation methods computed in the graph (forward + backward), one of: "
+                   + ", ".join(_method_names()) + "; adds the input 'target' and outputs relevance_{method}")
+    p.add_argument("--start-layer", type=int, default=0, help="first layer of rollout / transformer-attribution")
+    p.add_argument("--discard-ratio", type=float, default=0.9, help="share of the weights grad-rollout drops")
     p.add_argument("--fp16", action="store_true", help="half-precision graph, float32 inputs and maps; "
                    "checked against the fp32 export (maps within 2e-3)")
     p.set_defaults(func=run)
@@ -45,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     from attnvis.captioning.kinds import is_captioner_dir
 
     if args.model and is_captioner_dir(args.model):
+        if args.explain:
+            raise InputError(f"--explain: {args.model} is a captioner; explanations are for image classifiers")
         return run_captioner(args)
+    if args.explain:
+        return run_explain(args)
     from attnvis.export import export_onnx, export_torchscript
     from attnvis.metadata import TokenLayout
     from attnvis.sources import load_source
@@ -66,10 +75,46 @@ def run(args: argparse.Namespace) -> int:
     return _said(report, ", fp16" if args.fp16 else "")
 
 
+def _method_names() -> list[str]:
+    from attnvis.explain.methods import METHODS
+
+    return list(METHODS)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``attnvis export --explain METHODS``: forward + backward + relevance rows in one graph."""
+    from attnvis.explain.methods import check_methods
+    from attnvis.explain.trace import Options
+    from attnvis.export.explain import export_explain
+    from attnvis.sources import load_source
+
+    try:
+        methods = check_methods(args.explain)
+    except ValueError as err:
+        raise InputError(f"--explain: {err}") from None
+    if args.format != "onnx":
+        raise InputError("--explain writes an ONNX graph; it does not apply to --format torchscript")
+    if args.reduce != "none":
+        raise InputError("--reduce shapes attention outputs; an --explain graph outputs relevance rows "
+                         "([B, patches], already reduced in the graph) and no maps: drop --reduce")
+    if args.fp16:
+        raise InputError("--fp16 does not combine with --explain: the backward pass in half precision moves "
+                         "the relevance rows past the validation tolerance; export the explanation graph in fp32")
+    _file_output(args.output)
+    source = load_source(args.model, weights=args.weights, random_weights=args.random_weights,
+                         image_size=pair(args.image_size, "--image-size") if args.image_size else None)
+    report = export_explain(source, args.output or "model.onnx", methods,
+                            Options(args.start_layer, args.discard_ratio), validate=args.validate)
+    return _said(report, f", explain {','.join(methods)}")
+
+
 def instrument(args: argparse.Namespace) -> int:
     """``attnvis export --model foreign.onnx``: add the attention outputs and metadata to an ONNX file made elsewhere."""
     from attnvis.export.foreign import ForeignOptions, instrument_onnx
 
+    if args.explain:
+        raise InputError(f"--explain: {args.model} is an ONNX file; explanations need the PyTorch model (their "
+                         "backward pass): give the model's spec (timm:NAME, a Hugging Face folder, ...) instead")
     if args.format != "onnx" or args.infos_path or args.input_shape or getattr(args, "fp16", False):
         raise InputError(f"--model {args.model} is an ONNX file: only --output, --reduce, --image-size, --grid, "
                          "--prefix-tokens, --mean, --std and --no-validate apply to it")

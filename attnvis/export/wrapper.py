@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from attnvis.capture.context import capture_attention, no_maps_error
+from attnvis.capture.outputs import flatten_outputs
 from attnvis.metadata import REDUCTIONS, LayerInfo, TokenLayout
 from attnvis.capture.registry import Recorder
 from attnvis.export.windows import reduce_window_map
@@ -41,17 +42,6 @@ def capture_for(model: nn.Module, reduction: str, tokens: TokenLayout):
     """
     query = tokens.cls_index if reduction == "cls" else None
     return capture_attention(model, query=query)
-
-
-def flatten_outputs(out) -> list[tuple[str, torch.Tensor]]:
-    """The model's own tensor outputs with stable names (HF ModelOutput keys kept)."""
-    if isinstance(out, torch.Tensor):
-        return [("output", out)]
-    if isinstance(out, dict):  # includes Hugging Face ModelOutput
-        return [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
-    if isinstance(out, (tuple, list)):
-        return [(f"output_{i}", v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
-    raise TypeError(f"model returned {type(out).__name__}; expected a tensor, a tuple of tensors or a dict")
 
 
 class AttentionOutputs(nn.Module):
