@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from attnvis.metadata import TokenLayout
+
+if TYPE_CHECKING:  # the rules only call tensor methods: the table (and the CLI's choices) load without torch
+    import torch
 
 #: What a rule can ask of the pass: attention maps, their gradients, LRP relevances, an activation and its gradient.
 NEEDS = ("attn", "grad", "lrp", "act")
@@ -64,12 +66,11 @@ class Traces:
 
     def cls_rows(self) -> torch.Tensor:
         """``e_clsᵀ`` for every image, ``(B, N)``."""
-        first = self.attns[0]
-        row = torch.zeros_like(first[:, 0, 0])
-        return row.index_fill(1, torch.tensor([self.cls], device=row.device), 1.0)
+        row = self.attns[0][:, 0, 0] * 0  # (B, N)
+        return row.index_fill(1, row.new_tensor([self.cls]).long(), 1.0)
 
 
-Rule = Callable[[Traces], torch.Tensor]
+Rule = Callable[[Traces], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,16 @@ def register_method(name: str, needs: tuple[str, ...], original: str) -> Callabl
 
 def _row_times_mean(row: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     """``row · E_h[maps]`` without forming the head mean: ``(B, N) × (B, heads, N, N) → (B, N)``."""
-    return torch.einsum("bn,bhnm->bm", row, maps) / maps.shape[1]
+    return (row[:, None, None, :] @ maps)[:, :, 0].mean(dim=1)
+
+
+def _row_times_normalized(row: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+    """``row · M`` for ``M = (F + I)`` with rows normalized to 1, ``F`` (B, N, N), without forming ``M``.
+
+    ``(r·M)_j = Σ_i r_i (F_ij + δ_ij) / d_i`` with ``d_i = Σ_j F_ij + 1``: ``(r/d)·F + r/d``.
+    """
+    scaled = row / (fused.sum(dim=-1) + 1.0)
+    return (scaled[:, None, :] @ fused)[:, 0] + scaled
 
 
 @register_method("attention", ("attn",), "Transformer-Explainability ViT_LRP relprop(method='last_layer_attn')")
@@ -125,12 +135,11 @@ def attention(t: Traces) -> torch.Tensor:
 def rollout(t: Traces) -> torch.Tensor:
     """Abnar & Zuidema rollout: ``M_l = (E_h[A_l] + I)`` with rows normalized, layers ``start_layer…L-1``.
 
-    ``r·M`` is ``(r/d)·Ā + r/d`` with ``d`` the row sums of ``Ā + I``: no N×N matrix besides the maps.
+    ``r·M`` is ``(r/d)·Ā + r/d`` with ``d`` the row sums of ``Ā + I``: no N×N matrix besides the head mean.
     """
     row = t.cls_rows()
     for attn in reversed(t.attns[t.start_layer:]):
-        scaled = row / (attn.sum(dim=-1).mean(dim=1) + 1.0)  # (B, N): r_i / d_i
-        row = _row_times_mean(scaled, attn) + scaled
+        row = _row_times_normalized(row, attn.mean(dim=1))
     return row[:, t.prefix:]
 
 
@@ -160,10 +169,7 @@ def grad_rollout(t: Traces) -> torch.Tensor:
         if drop > 0:
             _, lowest = flat.topk(drop, dim=-1, largest=False)
             flat = flat.scatter(1, lowest, 0.0)
-        fused = flat.view_as(fused)
-        half = (fused + torch.eye(fused.shape[-1], dtype=fused.dtype, device=fused.device)) / 2
-        half = half / half.sum(dim=-1, keepdim=True)
-        row = torch.bmm(row[:, None], half)[:, 0]
+        row = _row_times_normalized(row, flat.view_as(fused))  # (F + I)/2 normalized = (F + I) normalized
     return row[:, t.prefix:]
 
 
