@@ -136,7 +136,8 @@ class Binder:
                 raise ModelError(f"input {name}: a CUDA array must be C-contiguous float32")
             self.binding.bind_input(name, "cuda", 0, np.float32, list(cai["shape"]), cai["data"][0])
             return int(cai["shape"][0])
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.asarray(x)
+        x = np.ascontiguousarray(x, dtype=x.dtype if x.dtype.kind in "iub" else np.float32)  # an explanation's int64 target
         self.binding.bind_cpu_input(name, x)  # uploaded once, when the run starts
         return x.shape[0]
 

@@ -99,3 +99,21 @@ def test_small_outputs_come_back_together_in_one_buffer_per_call(cls_model):
     assert offsets[0] == 0 and len(set(offsets)) == len(offsets)  # side by side, none overlapping
     again = session.run(x)
     assert again.maps[0].base is not owner  # each call's results are its own
+
+
+def test_an_integer_input_is_bound_as_it_is(tmp_path):
+    """An explanation graph's int64 ``target`` goes through the binder unchanged (not cast to float32)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["t"], ["tf"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "tf"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B"]),
+              helper.make_tensor_value_info("t", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    big = np.array([2**40 + 1, -3], np.int64)  # bound as float32, ORT would refuse it (and the value would change)
+    (y,) = Binder(session, "cpu", full_maps=False).run([np.zeros(2, np.float32), big])
+    np.testing.assert_array_equal(y, big.astype(np.float32))
