@@ -21,3 +21,7 @@ class DeviceError(AttnvisError):
 
 class MissingExtraError(AttnvisError):
     """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class AttnvisWarning(UserWarning):
+    """Something found and worked around (e.g. a map store's images stored twice, or missing): said, not fatal."""

@@ -154,3 +154,53 @@ def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndar
         roll = rollout if rollout is not None else rollout_row(attn, meta.tokens) if layout.rollout else None
     heads = [_head_grids(a, meta, i) for i, a in enumerate(attn)] if layout.heads is not None else None
     return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll, thumbnail)
+
+
+# --------------------------------------------------------------------------- a shard's table
+
+
+def _pa():
+    from attnvis._optional import require
+    return require("pyarrow", "the map store (attnvis batch --save maps)")
+
+
+# Columns are built from their buffers: pa.array() on anything first imports pandas when it is
+# installed (0.2-0.5 s, once per run, on the thread that feeds the model).
+def _fixed(pa, values: np.ndarray, width: int):
+    """float32 [n, width] → a fixed-size-list column."""
+    flat = np.ascontiguousarray(values, np.float32).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)]), width)
+
+
+def _int32(pa, values: list[int]):
+    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(np.asarray(values, np.int32))])
+
+
+def _binary(pa, values: list[bytes], kind):
+    """A string (``kind`` ``pa.string()``, values UTF-8) or binary column."""
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
+
+
+def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
+    """The Arrow table of a shard, schema metadata included."""
+    pa = _pa()
+    hw = layout.patches
+    columns = {"image": _binary(pa, [r.key.encode() for r in rows], pa.string()),
+               "source": _binary(pa, [r.source.encode() for r in rows], pa.string()),
+               "width": _int32(pa, [r.width for r in rows]),
+               "height": _int32(pa, [r.height for r in rows])}
+    for i in range(layout.layers):
+        columns[f"layer_{i}"] = _fixed(pa, np.stack([r.layers[i] for r in rows]), layout.layer_patches(i))  # (n, h·w)
+    for i, heads in enumerate(layout.heads or ()):
+        columns[f"heads_{i}"] = _fixed(pa, np.stack([r.heads[i] for r in rows]).reshape(len(rows), -1),
+                                       heads * layout.layer_patches(i))
+    if layout.rollout:
+        columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
+    if layout.thumbs:
+        columns["thumbnail"] = _binary(pa, [r.thumbnail for r in rows], pa.binary())
+    table = pa.table(columns)
+    props = dict(meta.to_props())
+    props["attnvis.store"] = json.dumps({**layout.to_json(), "identity": identity(meta, layout)})
+    return table.replace_schema_metadata(props)

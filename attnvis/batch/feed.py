@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe, read
+from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe, read, read_checked
 from attnvis.errors import InputError
 from attnvis.metadata import Preprocess
 
@@ -66,10 +66,12 @@ class Encoded:
     Attributes:
         data: the file's bytes.
         size: (height, width) from its header.
+        check: the file's :func:`~attnvis.batch.decode.source_check`, for the manifest.
     """
 
     data: bytes
     size: tuple[int, int]
+    check: list[int] | None = None
 
 
 def gpu_decode_usable() -> tuple[bool, str]:
@@ -234,14 +236,14 @@ class DeviceFeed:
         from attnvis.runtime import _jpeg
 
         try:
-            data = read(item.path, item.key)
+            data, check = read_checked(item.path, item.key)
             probe(data, item.key, max_pixels)
         except InputError as err:
             return stages.failed_record(item.path, item.key, str(err), plan)
         size = _jpeg.size(data)
         if size is None or not data.endswith(_EOI) or not _jpeg.is_plain(data):  # a truncated file: the CPU's verdict
             return stages.decode_item(item, plan, max_pixels)
-        return Encoded(data, (size[1], size[0]))
+        return Encoded(data, (size[1], size[0]), check)
 
     def prepare(self, batch: list, batch_size: int):
         """On the driver: decode the batch's JPEGs on the device and make its input there.
@@ -262,7 +264,7 @@ class DeviceFeed:
         for i, (item, got) in enumerate(batch):
             if isinstance(got, Encoded) and decoded.get(i) is not None:
                 on_device[len(kept)] = decoded[i].permute(1, 2, 0)  # (H, W, 3)
-                kept.append((item, None))
+                kept.append((item, got.check))  # a Decoded made by _finish, with this source check
                 continue
             if isinstance(got, Encoded):  # nvJPEG refused it: the CPU path decides
                 self.counts["refused"] += 1
@@ -283,7 +285,7 @@ class DeviceFeed:
         if on_device:
             x[list(on_device)] = preprocess_tensors(list(on_device.values()), pre)
         for i, (_, got) in enumerate(kept):
-            if got is not None:
+            if i not in on_device:
                 x[i] = torch.from_numpy(got.tensor).to(self.device)
         return x
 
@@ -291,7 +293,7 @@ class DeviceFeed:
         """The kept pairs with a ``Decoded`` each: the image where the render stage wants it."""
         out = []
         for i, (item, got) in enumerate(kept):
-            if got is None:
+            if i in on_device:  # got: the source check
                 image = on_device[i]
                 size = tuple(int(s) for s in image.shape[:2])
                 if self.plan.save == "maps" and not self.plan.thumbs:
@@ -300,7 +302,7 @@ class DeviceFeed:
                     image = image.contiguous()  # read in place by the render kernel
                 else:
                     image = image.contiguous().cpu().numpy()  # --save maps: shrunk to the thumbnail by the render stage
-                got = Decoded(image, np.empty((0,), np.float32), size)
+                got = Decoded(image, np.empty((0,), np.float32), size, got)
             out.append((item, got))
         return out
 

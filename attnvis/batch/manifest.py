@@ -10,7 +10,8 @@ and :meth:`Manifest.open` cuts off before appending. An image listed twice
 Record fields: ``key``, ``source``, ``status`` (``ok`` | ``failed``),
 ``error`` (one line, or null), ``files`` (every output, relative to the
 output folder), ``checks`` (``[size, crc32]`` of each file, for ``--resume``),
-``maps`` (``layer``, ``head``, ``overlay``, ``heatmap``),
+``maps`` (``layer``, ``head``, ``overlay``, ``heatmap``), ``store`` (the map-store shard holding
+the image's row, ``--save maps|both``), ``source_check`` (``[bytes, mtime_ns, crc32]`` of the source read),
 ``thumb``, ``size`` ([H, W]), ``prediction``, ``words`` (caption words for
 captioning models, each map then carries a ``word`` index), ``plan`` (the
 :attr:`RenderPlan.fingerprint`) and ``time`` (UNIX seconds).
@@ -66,6 +67,17 @@ def _records(path: Path) -> Iterator[tuple[int, bytes, dict]]:
 def load(path: Path) -> dict[str, dict]:
     """The last record of each key; a torn or unparsable line is skipped."""
     return {record["key"]: record for _, _, record in _records(path)}
+
+
+def stored(path: Path) -> dict[str, tuple[str, list | None]]:
+    """key → (its shard, its ``source_check``) of each image whose last record says it is in the map store."""
+    out: dict[str, tuple[str, list | None]] = {}
+    for _, _, record in _records(path):
+        if record.get("status") == "ok" and record.get("store"):
+            out[record["key"]] = (record["store"], record.get("source_check"))
+        else:
+            out.pop(record["key"], None)
+    return out
 
 
 class Records(Sequence):
@@ -126,8 +138,13 @@ class Manifest:
     def append(self, record: dict) -> None:
         """Write one record as one complete line."""
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        while line:  # O_APPEND: a whole line per write; one writer, so lines never interleave
-            line = line[os.write(self._fd, line):]
+        try:
+            while line:  # O_APPEND: a whole line per write; one writer, so lines never interleave
+                line = line[os.write(self._fd, line):]
+        except OSError as err:  # a full disk: name the manifest (os.write names no file)
+            if err.filename is not None or err.errno is None:
+                raise
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
         if time.monotonic() - self._synced >= SYNC_SECONDS:
             self.sync()
 

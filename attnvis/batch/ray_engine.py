@@ -98,7 +98,7 @@ def decode_batch(batch, plan: RenderPlan, max_pixels: int):
         out["path"].append(path)
         out["key"].append(key)
         out["record"].append(json.dumps(result) if failed else _NO_RECORD)
-        out["image"].append(b"" if failed else _dumps((result.image, result.size)))  # --save maps: thumbnail pixels
+        out["image"].append(b"" if failed else _dumps((result.image, result.size, result.check)))  # --save maps: thumbnail pixels
         out["data"].append(b"" if failed else _dumps(result.tensor))
     return _table(out)
 
@@ -157,8 +157,8 @@ def render_batch(batch, plan: RenderPlan, root: str):
         row = None
         if record == _NO_RECORD:
             attn, prediction = pickle.loads(data)
-            pixels, size = pickle.loads(image)
-            decoded = Decoded(pixels, no_tensor, size)
+            pixels, size, check = pickle.loads(image)
+            decoded = Decoded(pixels, no_tensor, size, check)
             try:
                 record = render_item(Item(path, key), decoded, attn, prediction, plan, Path(root))
                 row = record.pop(STORE_ROW, None)  # the map store's row travels to the driver beside the record

@@ -25,18 +25,21 @@ from attnvis.metadata import PROP_PREFIX, ModelMetadata
 
 @dataclass
 class RenderSummary:
-    """What :func:`render_store` did: files written, and the images whose source could not be read."""
+    """What :func:`render_store` did: files written, the images whose source could not be read (or changed),
+    and the images the manifest records as done that the store lacks (``absent``)."""
 
     rendered: int = 0
     files: int = 0
     output: Path = Path(".")
     missing: list[tuple[str, str]] = field(default_factory=list)  # (key, one-line reason)
+    absent: int = 0
+    notes: list[str] = field(default_factory=list)  # what opening the store found (see MapStore.notes)
 
     @property
     def exit_code(self) -> int:
         from attnvis.batch.run import EXIT_SOME_FAILED
 
-        return EXIT_SOME_FAILED if self.missing else 0
+        return EXIT_SOME_FAILED if self.missing or self.absent else 0
 
     def text(self) -> str:
         lines = [f"{self.rendered} images rendered ({self.files} files) into {self.output}"
@@ -44,7 +47,7 @@ class RenderSummary:
         lines += [f"not rendered: {reason}" for _, reason in self.missing[:10]]
         if len(self.missing) > 10:
             lines.append(f"... and {len(self.missing) - 10} more images whose source cannot be read")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
 
 def _same_model(a: ModelMetadata, b: ModelMetadata) -> bool:
@@ -94,10 +97,12 @@ def render_key(store, key: str, layers: list[int], options: VisualizeOptions, ta
     from attnvis.render import render_map
     from attnvis.render.writers import encode_image
 
-    image = decode(store.source(key), f"{key} (source {store.source(key)})", None, max_pixels=2**62).image
+    decoded = decode(store.source(key), f"{key} (source {store.source(key)})", None, max_pixels=2**62)
+    image = decoded.image
     if image.shape[:2] != store.size(key):
         raise InputError(f"{key}: its source {store.source(key)} is now {image.shape[1]}x{image.shape[0]}, "
                          f"not the {store.size(key)[1]}x{store.size(key)[0]} image the maps were made from")
+    _check_source(store, key, decoded.check)
     files, out = [], (np.empty_like(image), np.empty_like(image))
     for i in layers:
         name = safe_name(store.metadata.layers[i].name)
@@ -108,6 +113,26 @@ def render_key(store, key: str, layers: list[int], options: VisualizeOptions, ta
     clean_tmp(target / key)
     write_files(target, files)
     return len(files)
+
+
+def _check_source(store, key: str, check: list[int]) -> None:
+    """Refuse a source that is not the file the maps were made from: its size or CRC-32 differ from the manifest's."""
+    was = store.source_check(key)
+    if was is None or (check[0] == was[0] and check[2] == was[2]):
+        return
+    what = (f"{check[0]:,} bytes, was {was[0]:,}" if check[0] != was[0] else
+            f"the same {check[0]:,} bytes long, other content: its CRC-32 differs")
+    raise InputError(f"{key}: its source {store.source(key)} changed since the batch stored its maps ({what}); "
+                     "its maps are not drawn over another picture: put the file back, or run attnvis batch on it again")
+
+
+def check_target(output: Path, target: Path) -> None:
+    """Refuse an ``--output`` that is the batch's own folder or inside it: its files would be overwritten."""
+    root, into = Path(output).resolve(), Path(target).resolve()
+    if into == root or root in into.parents:
+        raise InputError(f"--output {target} is {'the batch folder' if into == root else 'inside the batch folder'} "
+                         f"{output} whose map store is rendered (its own files would be overwritten); "
+                         "give a folder outside it")
 
 
 def render_store(output: str | os.PathLike, target: str | os.PathLike, options: VisualizeOptions | None = None,
@@ -123,41 +148,67 @@ def render_store(output: str | os.PathLike, target: str | os.PathLike, options: 
         workers: render threads (default: the cores available).
 
     Returns:
-        A :class:`RenderSummary`; images whose source moved are listed in
-        ``missing`` and the others are rendered.
+        A :class:`RenderSummary`; images whose source moved or changed (size
+        or CRC-32 other than the manifest's) are listed in ``missing`` and the
+        others are rendered; images the manifest records as done that no
+        shard holds are counted in ``absent``.
 
     Raises:
-        InputError: no store, another model's store, a layer/head/key the store does not have.
+        InputError: no store, another model's store, a layer/head/key the store does not have;
+            ``target`` inside ``output``; a batch writing ``output`` or a render writing ``target``;
+            a damaged shard (named).
     """
-    from attnvis.batch.local import available_cores
-    from attnvis.batch.store import load_maps
+    from attnvis.batch.lock import OutputLock, ReaderLock
+    from attnvis.batch.store import MapStore
 
     options = options or VisualizeOptions()
     check_options(options)
-    store = load_maps(output)
-    if model is not None:
-        check_model(store, model)
-    layers = check_selection(store.metadata, options)
-    _check_heads(store, options)
-    unknown = [key for key in keys or () if key not in store]
-    if unknown:
-        raise InputError(f"--image {unknown[0]!r} is not in the map store of {output} ({len(store)} images, "
-                         f"e.g. {next(iter(store), '')!r})")
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    summary = RenderSummary(output=target)
-    chosen = list(dict.fromkeys(keys)) if keys else list(store)
-    with ThreadPoolExecutor(workers or available_cores(), thread_name_prefix="attnvis-render") as pool:
-        for key, result in zip(chosen, pool.map(lambda k: _render_or_reason(store, k, layers, options, target), chosen)):
-            if isinstance(result, str):
-                summary.missing.append((key, result))
-            else:
-                summary.rendered, summary.files = summary.rendered + 1, summary.files + result
+    check_target(output, target)
+    with ReaderLock(output):  # a batch does not start here meanwhile; none runs here now
+        store = MapStore(output)
+        if model is not None:
+            check_model(store, model)
+        layers = check_selection(store.metadata, options)
+        _check_heads(store, options)
+        unknown = [key for key in keys or () if key not in store]
+        if unknown:
+            lost = (f"; the manifest records it as done, but no shard holds it (a shard deleted?): run "
+                    f"attnvis batch INPUT --output {output} --save maps --resume") if unknown[0] in store.missing else ""
+            raise InputError(f"--image {unknown[0]!r} is not in the map store of {output} ({len(store)} images, "
+                             f"e.g. {next(iter(store), '')!r}){lost}")
+        target = Path(target)
+        target.mkdir(parents=True, exist_ok=True)
+        summary = RenderSummary(output=target, absent=len(store.missing), notes=list(store.notes))
+        chosen = list(dict.fromkeys(keys)) if keys else list(store)
+        with OutputLock(target, "render"):  # another render into it would sweep this one's temporary files
+            _render_all(store, chosen, layers, options, target, workers, summary)
     return summary
 
 
+def _render_all(store, chosen: list[str], layers: list[int], options: VisualizeOptions, target: Path,
+                workers: int | None, summary: RenderSummary) -> None:
+    """Render ``chosen`` on threads into ``summary``; a damaged or rewritten shard stops it all (one error)."""
+    from attnvis.batch.local import available_cores
+
+    with ThreadPoolExecutor(workers or available_cores(), thread_name_prefix="attnvis-render") as pool:
+        try:
+            for key, result in zip(chosen, pool.map(lambda k: _render_or_reason(store, k, layers, options, target),
+                                                    chosen)):
+                if isinstance(result, str):
+                    summary.missing.append((key, result))
+                else:
+                    summary.rendered, summary.files = summary.rendered + 1, summary.files + result
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
 def _render_or_reason(store, key: str, layers: list[int], options: VisualizeOptions, target: Path) -> int | str:
+    from attnvis.batch._shard_file import DamagedShard, ShardChanged
+
     try:
         return render_key(store, key, layers, options, target)
+    except (DamagedShard, ShardChanged):
+        raise  # the store's fault, not this image's: the whole render stops, naming the shard
     except InputError as err:
         return str(err)

@@ -151,7 +151,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
         OSError: the output folder cannot be written.
     """
     from attnvis.batch.inputs import discover
-    from attnvis.batch.lock import OutputLock
+    from attnvis.batch.lock import OutputLock, check_no_readers
     from attnvis.batch.stages import make_plan, warm_up
 
     began = time.perf_counter()
@@ -169,6 +169,7 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
     with OutputLock(root):  # another run here would delete this one's temporary files, and this one its
+        check_no_readers(root)  # an attnvis render reading the store here: its rows would change under it
         return _run_locked(config, items, session, plan, root, began)
 
 
@@ -191,7 +192,7 @@ def _run_locked(config: BatchConfig, items, session, plan, root: Path, began: fl
                 _writing(store, manifest):
             engine = _engine(config, session, plan, root)
             engine.run(pending, _sink(manifest, summary, bar, store))
-        summary.notes = [note for note in getattr(engine, "notes", []) if note]
+        summary.notes = [*(store.notes if store is not None else ()), *(note for note in getattr(engine, "notes", []) if note)]
     except KeyboardInterrupt:
         summary.seconds, summary.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         raise BatchInterrupted(summary) from None
@@ -206,7 +207,7 @@ def _run_captions(config: BatchConfig, began: float) -> BatchSummary:
     from attnvis.batch import caption as cb
     from attnvis.batch import manifest as mf
     from attnvis.batch.inputs import discover
-    from attnvis.batch.lock import OutputLock
+    from attnvis.batch.lock import OutputLock, check_no_readers
 
     opts = config.caption or cb.CaptionOptions()
     items = discover(config.inputs, exclude=config.output)
@@ -214,6 +215,7 @@ def _run_captions(config: BatchConfig, began: float) -> BatchSummary:
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
     with OutputLock(root):
+        check_no_readers(root)
         previous = mf.load(root / mf.MANIFEST) if config.resume else {}
         pending = cb.pending_items(items, previous, root, config, opts)
         start, cpu = time.perf_counter(), time.process_time()

@@ -383,7 +383,7 @@ def decode_item(item: Item, plan: RenderPlan, max_pixels: int) -> Decoded | dict
         return failed_record(item.path, item.key, f"{item.key}: cannot decode ({type(err).__name__}: {_one_line(err)})", plan)
     if plan.save == "maps":  # the render stage draws only the thumbnail: keep its pixels, not the whole image
         small = np.ascontiguousarray(_shrink(decoded.image)) if plan.thumbs else np.empty((0, 0, 3), np.uint8)
-        decoded = Decoded(small, decoded.tensor, decoded.size)
+        decoded = Decoded(small, decoded.tensor, decoded.size, decoded.check)
     return decoded
 
 
@@ -430,6 +430,8 @@ def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction
         clean_tmp(root / item.key)  # leftovers of a killed run
         write_files(root, rendered.files)
     record = ok_record(item.path, rendered, plan)
+    if decoded.check is not None:
+        record["source_check"] = decoded.check  # attnvis render: the source is still the file the maps were made from
     if row is not None:  # the driver writes it to the store, then the record to the manifest
         record[STORE_ROW] = row
     return record

@@ -45,7 +45,6 @@ ViT-B, so a million images make ~250 files, and a crash loses at most
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import re
 import threading
@@ -56,8 +55,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.batch._shard_file import ShardFile, write_table
-from attnvis.batch._store_layout import StoreLayout, StoreRow, identity
+from attnvis.batch._shard_file import DamagedShard, OpenShard, ShardFile, move_aside, write_table
+from attnvis.batch._store_layout import StoreLayout, StoreRow, identity, rows_table  # noqa: F401 - rows_table: public here
+from attnvis.batch._store_scan import STORE_PROP, duplicate_notes, keep_once, named_shards, scan_shard
 from attnvis.errors import InputError
 from attnvis.metadata import ModelMetadata
 
@@ -65,7 +65,6 @@ STORE_DIR = "maps"
 SHARD_ROWS = 4096
 SHARD_SECONDS = 60.0
 ROW_GROUP = 1024  # rows written together to a shard, and read together when one image is looked up
-STORE_PROP = "attnvis.store"
 _SHARD = re.compile(r"part-(\d{6})\.parquet")
 _WHAT = "the map store (attnvis batch --save maps)"
 
@@ -75,54 +74,7 @@ def _pa():
     return require("pyarrow", _WHAT)
 
 
-def _pq():
-    from attnvis._optional import require
-    return require("pyarrow.parquet", _WHAT)
-
-
 # --------------------------------------------------------------------------- writing
-
-
-# Columns are built from their buffers: pa.array() on anything first imports pandas when it is
-# installed (0.2-0.5 s, once per run, on the thread that feeds the model).
-def _fixed(pa, values: np.ndarray, width: int):
-    """float32 [n, width] → a fixed-size-list column."""
-    flat = np.ascontiguousarray(values, np.float32).reshape(-1)
-    return pa.FixedSizeListArray.from_arrays(pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)]), width)
-
-
-def _int32(pa, values: list[int]):
-    return pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(np.asarray(values, np.int32))])
-
-
-def _binary(pa, values: list[bytes], kind):
-    """A string (``kind`` ``pa.string()``, values UTF-8) or binary column."""
-    offsets = np.zeros(len(values) + 1, np.int32)
-    np.cumsum([len(v) for v in values], out=offsets[1:])
-    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))])
-
-
-def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
-    """The Arrow table of a shard, schema metadata included."""
-    pa = _pa()
-    hw = layout.patches
-    columns = {"image": _binary(pa, [r.key.encode() for r in rows], pa.string()),
-               "source": _binary(pa, [r.source.encode() for r in rows], pa.string()),
-               "width": _int32(pa, [r.width for r in rows]),
-               "height": _int32(pa, [r.height for r in rows])}
-    for i in range(layout.layers):
-        columns[f"layer_{i}"] = _fixed(pa, np.stack([r.layers[i] for r in rows]), layout.layer_patches(i))  # (n, h·w)
-    for i, heads in enumerate(layout.heads or ()):
-        columns[f"heads_{i}"] = _fixed(pa, np.stack([r.heads[i] for r in rows]).reshape(len(rows), -1),
-                                       heads * layout.layer_patches(i))
-    if layout.rollout:
-        columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
-    if layout.thumbs:
-        columns["thumbnail"] = _binary(pa, [r.thumbnail for r in rows], pa.binary())
-    table = pa.table(columns)
-    props = dict(meta.to_props())
-    props[STORE_PROP] = json.dumps({**layout.to_json(), "identity": identity(meta, layout)})
-    return table.replace_schema_metadata(props)
 
 
 def shard_paths(root: Path) -> list[Path]:
@@ -131,11 +83,6 @@ def shard_paths(root: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if _SHARD.fullmatch(p.name))
-
-
-def _store_doc(schema) -> dict | None:
-    raw = (schema.metadata or {}).get(STORE_PROP.encode())
-    return json.loads(raw) if raw else None
 
 
 class StoreWriter:
@@ -157,22 +104,15 @@ class StoreWriter:
         self._records: list[dict] = []  # the shard's, for the manifest once it is in place
         self._shard: ShardFile | None = None
         self._since = 0.0
+        self.notes: list[str] = []  # what opening found and did: damaged shards moved aside, copies removed
 
     def prune(self, keys: set[str]) -> int:
         """Remove these keys from the shards holding them (each rewritten atomically); return rows removed."""
         doomed: dict[Path, set[str]] = {}
         for key in keys & self.keys.keys():
             doomed.setdefault(self.keys.pop(key), set()).add(key)
-        pa, pq = _pa(), _pq()
-        import pyarrow.compute as pc
-
         for path, gone in doomed.items():
-            table = pq.read_table(path)
-            kept = table.filter(pc.invert(pc.is_in(table.column("image"), pa.array(sorted(gone), pa.string()))))
-            if kept.num_rows:
-                write_table(kept, path, ROW_GROUP)
-            else:
-                path.unlink()
+            remove_rows(path, gone)
         return sum(len(gone) for gone in doomed.values())
 
     def add(self, row: StoreRow, record: dict) -> None:
@@ -189,8 +129,9 @@ class StoreWriter:
         table = rows_table(self._rows, self.meta, self.layout)
         if self._shard is None:
             self._shard = ShardFile(self.root / STORE_DIR / f"part-{self.number:06d}.parquet", table.schema)
-        self._shard.write(table, ROW_GROUP)
-        self._rows = []
+        shard, self._shard = self._shard, None  # a failed write removed its file: nothing left to put in place
+        shard.write(table, ROW_GROUP)
+        self._shard, self._rows = shard, []
 
     def flush(self) -> None:
         """Put the shard being filled in place, then its manifest lines."""
@@ -199,7 +140,7 @@ class StoreWriter:
         if self._rows:
             self._write_rows()
         shard, self._shard = self._shard, None
-        shard.commit()
+        shard.commit()  # a failure removes the temporary file and names the shard
         self.number += 1
         rel = f"{STORE_DIR}/{shard.path.name}"
         for record in self._records:
@@ -211,8 +152,31 @@ class StoreWriter:
     def __enter__(self) -> "StoreWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.flush()  # what was done before an error or Ctrl-C is kept
+    def __exit__(self, kind, err, tb) -> None:
+        if isinstance(err, OSError):  # a full disk, a lost folder: another write would fail too
+            if self._shard is not None:
+                self._shard.abort()
+            self._shard, self._rows, self._records = None, [], []
+            return
+        try:
+            self.flush()  # what was done before an error or Ctrl-C is kept
+        except OSError:
+            if err is None:
+                raise  # else the error that stopped the run is the one to see
+
+
+def remove_rows(path: Path, gone: set[str]) -> None:
+    """Rewrite a shard without these keys (atomically), or delete it when none is left."""
+    pa = _pa()
+    import pyarrow.compute as pc
+
+    with OpenShard(path) as file:
+        table = file.read()
+    kept = table.filter(pc.invert(pc.is_in(table.column("image"), pa.array(sorted(gone), pa.string()))))
+    if kept.num_rows:
+        write_table(kept, path, ROW_GROUP)
+    else:
+        path.unlink()
 
 
 def open_writer(root: Path, meta: ModelMetadata, layout: StoreLayout) -> StoreWriter:
@@ -227,17 +191,26 @@ def open_writer(root: Path, meta: ModelMetadata, layout: StoreLayout) -> StoreWr
     for entry in os.scandir(folder):
         if entry.name.startswith(".") and entry.name.endswith(".tmp"):
             os.unlink(entry.path)
-    ours, keys, number = identity(meta, layout), {}, 0
+    ours, scans, notes = identity(meta, layout), [], []
     for path in shard_paths(root):
-        doc = _store_doc(_pq().read_schema(path))
-        if doc is None or doc.get("identity") != ours:
+        try:
+            scan = scan_shard(path, verify=True)  # every page's CRC: a damaged shard's images are redone
+        except DamagedShard as err:
+            moved = move_aside(path)
+            notes.append(f"{path} is damaged ({err.reason}): moved aside to {moved.name}; its images are redone")
+            continue
+        if scan.doc is None or scan.doc.get("identity") != ours:
             raise InputError(f"{folder} holds maps of another model or --store-heads setting ({path.name}: "
-                             f"{_describe(doc)}; this run: {_describe({**layout.to_json(), 'source': meta.source})}); "
+                             f"{_describe(scan.doc)}; this run: {_describe({**layout.to_json(), 'source': meta.source})}); "
                              f"use another --output, or delete {folder} to start the store over")
-        for key in _pq().ParquetFile(path).read(columns=["image"]).column("image").to_pylist():
-            keys[key] = path
-        number = max(number, int(_SHARD.fullmatch(path.name).group(1)) + 1)
-    return StoreWriter(root, meta, layout, keys, number)
+        scans.append(scan)
+    where, dropped = keep_once(scans, named_shards(root, scans))
+    number = max((int(_SHARD.fullmatch(scan.path.name).group(1)) + 1 for scan in scans), default=0)
+    writer = StoreWriter(root, meta, layout, {key: scans[s].path for key, (s, _) in where.items()}, number)
+    for s, gone in dropped.items():
+        remove_rows(scans[s].path, gone)  # the copies not kept
+    writer.notes = notes + duplicate_notes(scans, dropped, "removed from it")
+    return writer
 
 
 def _describe(doc: dict | None) -> str:
@@ -267,37 +240,56 @@ class MapStore(Mapping):
     """
 
     def __init__(self, root: str | os.PathLike):
+        from attnvis.batch.manifest import MANIFEST, stored
+
         self.root = Path(root)
         self.shards = shard_paths(self.root)
         if not self.shards:
             raise InputError(f"{self.root}: no map store here (no {STORE_DIR}/part-*.parquet); "
                              f"write one with 'attnvis batch INPUT --output {self.root} --save maps'")
-        schema = _pq().read_schema(self.shards[0])
-        doc = _store_doc(schema)
+        scans = [scan_shard(path) for path in self.shards]  # DamagedShard names a shard that cannot be opened
+        doc, schema = scans[0].doc, scans[0].schema
         if doc is None:
             raise InputError(f"{self.shards[0]}: not an attnvis map store (no {STORE_PROP} in its schema metadata)")
+        for scan in scans:
+            if (scan.doc or {}).get("identity") != doc.get("identity"):
+                raise InputError(f"{scan.path}: its maps are of another model than {self.shards[0].name}'s; "
+                                 "a store holds one model's maps")
         props = {k.decode(): v.decode() for k, v in schema.metadata.items()}
         self.metadata = ModelMetadata.from_props(props)
         self.layout = StoreLayout.from_json(doc)
-        self._index = self._build_index(doc.get("identity"))
+        recorded = stored(self.root / MANIFEST)  # key → (shard, source check) of the images the manifest says are here
+        where, self._dropped = keep_once(scans, {key: shard for key, (shard, _) in recorded.items()})
+        self._index = dict(sorted(where.items()))
+        self._idents = [scan.ident for scan in scans]  # a shard is read only while it is still this file
+        self._starts = {s: list(np.cumsum([0] + scan.groups)) for s, scan in enumerate(scans)}
+        self._checks = {key: check for key, (_, check) in recorded.items() if check is not None}
+        self.missing = sorted(key for key in recorded if key not in self._index)
+        self.notes = duplicate_notes(scans, self._dropped, "one copy of each is read; attnvis batch --resume removes "
+                                     "the others")
+        if self.missing:
+            self.notes.append(missing_note(self.root, len(self.missing)))
         self._cache: OrderedDict[tuple[int, int], dict] = OrderedDict()
-        self._starts: dict[int, list[int]] = {}
         self._lock = threading.Lock()
         self._thumbs: tuple = (None, [])  # ((shard, row group), its thumbnails)
 
-    def _build_index(self, ours: str | None) -> dict[str, tuple[int, int]]:
-        """key → (shard number in :attr:`shards`, row), sorted by key; one error for a mixed or duplicated store."""
-        index = {}
-        for s, path in enumerate(self.shards):
-            file = _pq().ParquetFile(path)
-            if (_store_doc(file.schema_arrow) or {}).get("identity") != ours:
-                raise InputError(f"{path}: its maps are of another model than {self.shards[0].name}'s; "
-                                 "a store holds one model's maps")
-            for row, key in enumerate(file.read(columns=["image"]).column("image").to_pylist()):
-                if key in index:
-                    raise InputError(f"{path}: image {key!r} is stored twice (also in {self.shards[index[key][0]].name})")
-                index[key] = (s, row)
-        return dict(sorted(index.items()))
+    def source_check(self, key: str) -> list[int] | None:
+        """The source's ``[bytes, mtime_ns, crc32]`` when the batch read it (from the manifest), or None."""
+        return self._checks.get(key)
+
+    def _open(self, shard: int) -> OpenShard:
+        """``with self._open(s) as file:`` shard ``s``, provided it is still the file the store was opened on."""
+        return OpenShard(self.shards[shard], self._idents[shard])
+
+    def _kept(self, shard: int, table):
+        """A shard's table without the rows of keys whose kept copy is in another shard (a copied shard)."""
+        gone = self._dropped.get(shard)
+        if not gone:
+            return table
+        pa = _pa()
+        import pyarrow.compute as pc
+
+        return table.filter(pc.invert(pc.is_in(table.column("image"), pa.array(sorted(gone), pa.string()))))
 
     def __len__(self) -> int:
         return len(self._index)
@@ -343,7 +335,8 @@ class MapStore(Mapping):
         shard, number, row = self._locate(key)
         with self._lock:
             if self._thumbs[0] != (shard, number):
-                group = _pq().ParquetFile(self.shards[shard]).read_row_group(number, columns=["thumbnail"])
+                with self._open(shard) as file:
+                    group = file.read_row_group(number, columns=["thumbnail"])
                 self._thumbs = ((shard, number), group.column("thumbnail").to_pylist())
             return self._thumbs[1][row]
 
@@ -363,10 +356,7 @@ class MapStore(Mapping):
     def _locate(self, key: str) -> tuple[int, int, int]:
         """(shard, row group, row in the group) of ``key``."""
         shard, row = self._index[key]
-        starts = self._starts.get(shard)
-        if starts is None:
-            counts = _pq().ParquetFile(self.shards[shard]).metadata
-            starts = self._starts[shard] = list(np.cumsum([0] + [counts.row_group(g).num_rows for g in range(counts.num_row_groups)]))
+        starts = self._starts[shard]
         number = bisect.bisect_right(starts, row) - 1
         return shard, number, row - int(starts[number])
 
@@ -377,9 +367,9 @@ class MapStore(Mapping):
             if cached is not None:
                 self._cache.move_to_end((shard, number))
                 return cached
-            file = _pq().ParquetFile(self.shards[shard])
-            columns = [name for name in file.schema_arrow.names if name != "thumbnail"]  # read apart (thumbnail())
-            group = _arrays(file.read_row_group(number, columns=columns), self.layout)
+            with self._open(shard) as file:  # the shard the index was made from, its pages' CRCs checked
+                columns = [name for name in file.schema_arrow.names if name != "thumbnail"]  # read apart (thumbnail())
+                group = _arrays(file.read_row_group(number, columns=columns), self.layout)
             self._cache[(shard, number)] = group
             if len(self._cache) > 4:
                 self._cache.popitem(last=False)
@@ -404,8 +394,11 @@ class MapStore(Mapping):
         h, w = self.layout.layer_grid(chosen[0])
         out = np.empty((len(self), len(chosen), h, w), np.float32)
         order = {key: i for i, key in enumerate(self._index)}
-        for path in self.shards:
-            table = _pq().read_table(path, columns=["image", *(f"layer_{i}" for i in chosen)])
+        for s in range(len(self.shards)):
+            with self._open(s) as file:
+                table = self._kept(s, file.read(columns=["image", *(f"layer_{i}" for i in chosen)]))
+            if not table.num_rows:  # every row a copy read from another shard
+                continue
             rows = [order[key] for key in table.column("image").to_pylist()]
             out[rows] = np.stack([_column(table, f"layer_{i}", h * w) for i in chosen], axis=1).reshape(len(rows), -1, h, w)
         out = out if layer is None else out[:, 0]
@@ -415,7 +408,10 @@ class MapStore(Mapping):
     def table(self):
         """The whole store as one pyarrow Table, sorted by ``image``."""
         pa = _pa()
-        tables = [_pq().read_table(path) for path in self.shards]
+        tables = []
+        for s in range(len(self.shards)):
+            with self._open(s) as file:
+                tables.append(self._kept(s, file.read()))
         return pa.concat_tables(tables).sort_by("image").replace_schema_metadata(tables[0].schema.metadata)
 
     def to_pandas(self):
@@ -447,6 +443,14 @@ def _arrays(table, layout: StoreLayout) -> dict:
     return group
 
 
+def missing_note(root: Path, count: int) -> str:
+    """The line on images the manifest records as stored that no shard holds (a shard deleted?)."""
+    from attnvis.batch._shard_file import RESUME_HINT
+
+    return (f"{count} image{'s' if count != 1 else ''} the manifest records as done {'are' if count != 1 else 'is'} "
+            f"not in the map store of {root} (a shard deleted?): run {RESUME_HINT.format(root=root)} to redo them")
+
+
 def load_maps(output: str | os.PathLike) -> MapStore:
     """The map store of a batch output folder, as a read-only mapping.
 
@@ -459,7 +463,20 @@ def load_maps(output: str | os.PathLike) -> MapStore:
         ``store.metadata`` the model's :class:`~attnvis.metadata.ModelMetadata`;
         ``store.array()``, ``store.table()`` and ``store.to_pandas()`` the whole store.
 
+    Images the manifest records as stored that the store lacks (a deleted
+    shard) are in ``store.missing``, and said in a :class:`AttnvisWarning`, as
+    are images found in two shards (one copy of each is read).
+
     Raises:
-        InputError: no store in the folder, or an inconsistent one.
+        InputError: no store in the folder, or an inconsistent one; a damaged
+            shard (named, with the fix), here or when a row of it is read; a
+            shard rewritten since the store was opened, when a row of it is read.
     """
-    return MapStore(output)
+    import warnings
+
+    from attnvis.errors import AttnvisWarning
+
+    store = MapStore(output)
+    for note in store.notes:
+        warnings.warn(note, AttnvisWarning, stacklevel=2)
+    return store

@@ -128,3 +128,46 @@ def test_source_paths_are_relative_to_the_output_as_relpath_makes_them(tmp_path,
     relative = _Relative(root)
     want = Path(os.path.relpath(source, root)).as_posix()
     assert relative(source) == want and relative(source) == want  # the folder's relpath, then from the cache
+
+
+_NODE_CARD = r"""
+const vm = require("vm"), fs = require("fs");
+const node = (tag) => ({ tag, kids: [], dataset: {}, append(...k) { this.kids.push(...k); }, addEventListener() {} });
+const ctx = { window: { addEventListener() {} }, document: { createElement: node, addEventListener() {}, getElementById: () => node("div") },
+              history: { replaceState() {} }, location: { hash: "" }, URLSearchParams, console };
+vm.createContext(ctx);
+vm.runInContext(fs.readFileSync(process.argv[2], "utf8"), ctx);
+const G = ctx.window.attnvisGallery;
+G.pages = {};
+vm.runInContext("S.page = 1", ctx);
+const entries = JSON.parse(process.argv[3]);
+G.page([0, entries, [null, "QUJD"]]);  // the second entry's thumbnail from the store (--save maps)
+ctx.entries = entries;
+vm.runInContext("var cards = entries.map((e, i) => card(e, i))", ctx);
+console.log(JSON.stringify(ctx.cards.map((c) => c.kids.filter((k) => k.tag === "img").map((k) => k.src))));
+"""
+
+
+def test_gallery_urls_of_files_named_like_a_scheme_are_encoded(tmp_path):
+    """A file named ``data:x.jpg`` is a file: its thumbnail's URL is relative, not a ``data:`` URL."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = Path(__file__).resolve().parents[2] / "attnvis" / "batch" / "gallery" / "gallery.js"
+    entries = [{"key": "data:x.jpg", "status": "ok", "thumb": "data:x.jpg/thumbnail.jpg", "maps": []},
+               {"key": "y.jpg", "status": "ok", "thumb": None, "maps": []}]
+    (tmp_path / "card.js").write_text(_NODE_CARD)
+    out = subprocess.run([node, str(tmp_path / "card.js"), str(script), json.dumps(entries)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [["data%3Ax.jpg/thumbnail.jpg"], ["data:image/jpeg;base64,QUJD"]]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_gallery_shows_the_thumbnail_of_a_file_named_data_colon(tmp_path):
+    record = _record(tmp_path, "data:x.jpg")
+    write_gallery(tmp_path, [record, _record(tmp_path, "a#b.png")], META)
+    dom = _chromium((tmp_path / "index.html").as_uri() + "#page=0&img=0&layer=1&view=heatmap", tmp_path, "--dump-dom").stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert 'data-state="ready"' in body and 'data-broken="0"' in body and 'data-loaded="3"' in body, body
+    assert 'src="data%3Ax.jpg/thumbnail.jpg"' in dom

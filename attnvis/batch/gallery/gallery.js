@@ -4,13 +4,14 @@ const G = window.attnvisGallery = {
   info: null, pages: {},
   run(info) { this.info = info; },
   page([n, entries, thumbs]) { // thumbs: the store's thumbnails in base64 (--save maps), beside the entries
-    (thumbs || []).forEach((t, i) => { if (t) entries[i].thumb = "data:image/jpeg;base64," + t; });
+    (thumbs || []).forEach((t, i) => { if (t) entries[i].thumbData = "data:image/jpeg;base64," + t; });
     this.pages[n] = entries; if (n === S.page) render();
   },
   rerender() { render(); },
 };
 const $ = (id) => document.getElementById(id);
-const url = (rel) => rel.startsWith("data:") ? rel : rel.split("/").map(encodeURIComponent).join("/"); // data: the store's thumbnails
+// a relative path, every segment URL-encoded: a file named "data:x.jpg" or "a#b.png" is a file, not a scheme or a fragment
+const url = (rel) => rel.split("/").map(encodeURIComponent).join("/");
 const el = (tag, props = {}, kids = []) => { const e = Object.assign(document.createElement(tag), props); e.append(...kids); return e; };
 const headName = (h) => (h === null || h === undefined ? "mean" : "head " + h);
 
@@ -60,7 +61,8 @@ function card(entry, i) {
   const cap = el("figcaption", {}, [entry.key]);
   if (entry.prediction) cap.append(el("br"), el("span", { className: "pred", textContent: entry.prediction }));
   if (entry.words) cap.append(el("br"), el("span", { className: "pred", textContent: entry.words.join(" ") }));
-  const kids = entry.thumb ? [el("img", { src: url(entry.thumb), alt: entry.key })] : [];
+  const thumb = entry.thumbData || (entry.thumb ? url(entry.thumb) : null); // thumbData: the store's, a data: URL
+  const kids = thumb ? [el("img", { src: thumb, alt: entry.key })] : [];
   return el("figure", { className: "card", onclick: () => go({ img: i, layer: null, head: null, word: null }) }, [...kids, cap]);
 }
 

@@ -38,12 +38,15 @@ def _rows(table, layout) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype="<f4")
 
 
-def _write_shard(shard: Path, layout, chunk: int, folder: Path) -> None:
-    """The shard's scripts, a row group at a time (chunk 0 last: its time says the shard's scripts are complete)."""
-    from attnvis._optional import require
+def _write_shard(store, number: int, chunk: int, folder: Path) -> None:
+    """Shard ``number``'s scripts, a row group at a time (chunk 0 last: its time says the shard's scripts are complete)."""
     from attnvis.render.writers import write_bytes_atomic
 
-    file = require("pyarrow.parquet").ParquetFile(shard)
+    with store._open(number) as file:  # the shard the store indexed, its pages' checksums verified
+        _write_groups(file, store.shards[number], store.layout, chunk, folder, write_bytes_atomic)
+
+
+def _write_groups(file, shard: Path, layout, chunk: int, folder: Path, write_bytes_atomic) -> None:
     columns = [c for c in file.schema_arrow.names if c.startswith(("layer_", "heads_", "rollout"))]  # no thumbnails
     first, pending, start = None, np.empty((0, _floats_per_row(layout)), "<f4"), 0
     for group in range(file.num_row_groups):
@@ -77,10 +80,10 @@ def write_map_scripts(root: Path, gallery_dir: str):
     folder = root / gallery_dir / MAPS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     names = [path.stem for path in store.shards]
-    for path in store.shards:
+    for number, path in enumerate(store.shards):
         first = folder / f"{path.stem}_0000.js"
         if not first.is_file() or first.stat().st_mtime_ns < path.stat().st_mtime_ns:
-            _write_shard(path, layout, chunk, folder)
+            _write_shard(store, number, chunk, folder)
     for entry in os.scandir(folder):  # scripts of shards no longer there
         if entry.name.endswith(".js") and entry.name.rsplit("_", 1)[0] not in names:
             os.unlink(entry.path)
