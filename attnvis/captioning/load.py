@@ -139,7 +139,9 @@ def load_captioner(model: str | Path, backend: str = "onnx", device: str = "auto
 def _load_vlm(path: Path, backend: str, device: str):
     from attnvis.captioning.vlm import VLMCaptioner, load_vlm
 
-    if backend != "torch":
-        raise InputError(f"{path}: vision-language models run on the torch backend only; use backend='torch' "
-                         "(--backend torch)")
-    return VLMCaptioner(load_vlm(path, device=device), "torch")
+    vlm = load_vlm(path, device=device)
+    if backend == "torch":
+        return VLMCaptioner(vlm, "torch")
+    from attnvis.captioning.vlm_onnx import onnx_vlm_backend
+
+    return VLMCaptioner(vlm, "onnx", onnx_vlm_backend(vlm, device=device))

@@ -90,12 +90,14 @@ class VLMModel:
 class VLMCaptioner:
     """Images and a prompt in; the answer and each generated token's attention rows out.
 
-    Build it with :func:`~attnvis.captioning.load.load_captioner`.
+    Build it with :func:`~attnvis.captioning.load.load_captioner`. ``backend="torch"`` runs ``generate``
+    with the rows recorded beside ``sdpa``; ``backend="onnx"`` (LLaVA) runs :class:`.vlm_onnx.OnnxVLM`.
     """
 
-    def __init__(self, vlm: VLMModel, backend: str = "torch") -> None:
+    def __init__(self, vlm: VLMModel, backend: str = "torch", step: Any = None) -> None:
         self.model = vlm
         self.backend = backend
+        self.step_backend = step  # backend "onnx": an OnnxVLM
         self.name = str(vlm.path)
 
     def caption(self, images, prompt: str | None = None, max_new_tokens: int | None = None,
@@ -121,7 +123,10 @@ class VLMCaptioner:
         if not arrays:
             return []
         inputs = self.model.inputs(arrays, prompt)
-        ids, steps = generate_rows(self.model, inputs, new)
+        if self.backend == "onnx":
+            ids, steps = self.step_backend.generate(self.model, inputs, new)
+        else:
+            ids, steps = generate_rows(self.model, inputs, new)
         return [self._result(b, arrays[b], inputs, ids[b], steps) for b in range(len(arrays))]
 
     def _result(self, b: int, image: np.ndarray, inputs: dict, row: list[int], steps: list[np.ndarray]) -> VLMCaption:

@@ -72,9 +72,16 @@ def _oracle(path, images, prompt: str = PROMPT):
     return result
 
 
-@pytest.mark.parametrize("kind", sorted(FAMILIES))
-def test_tokens_and_rows_match_generate_and_eager_attention(captioners, dirs, images, kind):
-    got = captioners[kind].caption(images, prompt=PROMPT, max_new_tokens=NEW)
+@pytest.fixture(scope="module")
+def onnx_llava(dirs):
+    """LLaVA on ONNX Runtime (exported and validated once)."""
+    return load_captioner(dirs["llava"], backend="onnx", device="cpu")
+
+
+@pytest.mark.parametrize("kind,backend", [(k, "torch") for k in sorted(FAMILIES)] + [("llava", "onnx")])
+def test_tokens_and_rows_match_generate_and_eager_attention(request, captioners, dirs, images, kind, backend):
+    cap = request.getfixturevalue("onnx_llava") if backend == "onnx" else captioners[kind]
+    got = cap.caption(images, prompt=PROMPT, max_new_tokens=NEW)
     want = _oracle(dirs[kind], images)
     assert len(got) == len(images)
     for g, (ids, rows, prompt_ids, mask, config) in zip(got, want):
@@ -103,6 +110,23 @@ def test_answers_are_not_degenerate(captioners, images, kind):
     got = captioners[kind].caption(images, max_new_tokens=NEW)
     assert len({tuple(g.token_ids.tolist()) for g in got}) > 1
     assert any(len(g.token_ids) < NEW for g in got)
+
+
+def test_onnx_equals_torch_on_mixed_lengths(captioners, onnx_llava, images):
+    """Batched greedy on ONNX Runtime: rows stop at their own end token; rows equal the torch backend's."""
+    torch_caps = captioners["llava"].caption(images, prompt="what is this", max_new_tokens=12)
+    onnx_caps = onnx_llava.caption(images, prompt="what is this", max_new_tokens=12)
+    assert len({len(c.token_ids) for c in onnx_caps}) > 1
+    for a, b in zip(torch_caps, onnx_caps):
+        assert a.token_ids.tolist() == b.token_ids.tolist() and a.sentence == b.sentence
+        np.testing.assert_allclose(b.image_attention, a.image_attention, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(b.text_attention, a.text_attention, atol=1e-5, rtol=0)
+        assert b.image_grid == a.image_grid
+
+
+def test_onnx_backend_of_another_family_is_one_line(dirs):
+    with pytest.raises(InputError, match="onnx backend covers LLaVA.*backend='torch'"):
+        load_captioner(dirs["paligemma"], backend="onnx", device="cpu")
 
 
 def test_one_at_a_time_equals_the_batch(captioners, images):

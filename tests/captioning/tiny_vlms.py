@@ -52,17 +52,19 @@ def end_instead_of(lm_head: torch.nn.Linear, eos: int, word: int) -> None:
         lm_head.weight[eos] = lm_head.weight[word] * 1.05
 
 
-def make_llava(path, image: int = 28, patch: int = 7, seed: int = 0):
-    """LLaVA-1.5 layout: CLIP tower (CLS dropped), 2-layer projector, 2-layer Llama with GQA (4 heads, 2 kv)."""
+def make_llava(path, image: int = 28, patch: int = 7, seed: int = 0, hidden: int = 32, layers: int = 2,
+               heads: int = 4):
+    """LLaVA-1.5 layout: CLIP tower (CLS dropped), 2-layer projector, Llama with GQA (``heads`` heads, half as many
+    key/value heads). ``(image / patch)²`` image tokens: the benchmarks' long prompts come from a large ``image``."""
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
     n, tok = tokenizer(specials, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    vision = CLIPVisionConfig(image_size=image, patch_size=patch, hidden_size=32, num_hidden_layers=2,
-                              num_attention_heads=4, intermediate_size=64, projection_dim=32)
-    text = LlamaConfig(vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=4096,
+    vision = CLIPVisionConfig(image_size=image, patch_size=patch, hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=2 * hidden, projection_dim=hidden)
+    text = LlamaConfig(vocab_size=n, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=heads // 2, intermediate_size=2 * hidden, max_position_embeddings=8192,
                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=4,
                       vision_feature_select_strategy="default", vision_feature_layer=-2)
