@@ -18,8 +18,8 @@
 #   3. attnvis batch --device cuda, batch 64 (BATCH), fp16-cls and cls (fp32): --save maps on N_MAPS JPEGs
 #      of 640×480 made here, --save images on N_IMAGES of them; each row keeps the summary's notes
 #      (which decoder, renderer and map path ran, and why)
-#   3b. the explanation graph: `attnvis export --explain gae` (fp32, and fp16 where the export allows it),
-#      run by `attnvis batch --method gae --save maps` where batch has --method, else the graph alone
+#   3b. the explanation graph: `attnvis export --explain gae` (fp32, and fp16 where the export allows it;
+#      exported in the background from step 1b on, on the last 4 cores, while the GPU benches), run by `attnvis batch --method gae --save maps` where batch has --method, else the graph alone
 #      through IO binding; skipped, with the reason in its row, where this tree has no `export --explain`
 #   3c. with the time left: all maps (copy-bound) at batch 1..32; torch.compile (T_COMPILE, 0: not run)
 #   4. results: $OUT/gpu-<card>-vit-b.{json,md}, gpu-<card>-batch.{json,md}, gpu-<card>-probe.json and
@@ -31,10 +31,11 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/out}
 PY=${PYTHON:-python3}
 T_TOTAL=${T_TOTAL:-330} T_BENCH=${T_BENCH:-110} T_ALL=${T_ALL:-45} T_COMPILE=${T_COMPILE:-0} T_BATCH=${T_BATCH:-40}
-T_EXPORT=${T_EXPORT:-60}
+T_EXPORT=${T_EXPORT:-240}  # in the background, from the start (step 1b)
 export BATCH=${BATCH:-64} N_MAPS=${N_MAPS:-2000} N_IMAGES=${N_IMAGES:-300}
 START=$(date +%s)
-mkdir -p "$OUT"
+WORK=/tmp/gpu-check-work  # each command's own output: $OUT keeps only the 6 result files (8 come back at most)
+mkdir -p "$OUT" "$WORK"
 LOG="$OUT/gpu_check.log"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export ATTNVIS_CACHE=${ATTNVIS_CACHE:-/tmp/attnvis-gpu-check}
@@ -109,6 +110,27 @@ say "card=$card, ORT CUDA provider used: $ort_cuda"
 preset=${PRESET:-vit-b}
 stem="$OUT/gpu-$card-$preset"
 
+# ---- 1b. the explanation graphs' export (CPU work: tracing forward and backward) runs in the background,
+#          on the last 4 cores where taskset is there, while the bench uses the GPU; step 3b waits for it
+HAS_EXPLAIN=0
+"$PY" -m attnvis export --help 2>/dev/null | grep -q -- "--explain" && HAS_EXPLAIN=1
+export_explain() {  # precision: writes /tmp/gpu-check-explain-gae[-fp16].onnx, its log and exit status
+  local variant="explain-gae$([ "$1" = fp16 ] && echo -fp16)" pin=()
+  local cores; cores=$(nproc)
+  command -v taskset >/dev/null && [ "$cores" -ge 8 ] && pin=(taskset -c "$((cores - 4))-$((cores - 1))")
+  # shellcheck disable=SC2046
+  timeout "$T_EXPORT" "${pin[@]}" "$PY" -m attnvis export --model timm:vit_base_patch16_224 --random-weights \
+    --explain gae $([ "$1" = fp16 ] && echo --fp16) --no-validate --output "/tmp/gpu-check-$variant.onnx" \
+    > "$WORK/export-$variant.txt" 2>&1
+  echo $? > "$WORK/export-$variant.rc"
+}
+EXPORTS=()
+if [ "$HAS_EXPLAIN" = 1 ]; then
+  say "exporting the gae explanation graph (timm:vit_base_patch16_224, random weights) in the background"
+  export_explain fp32 & EXPORTS+=($!)
+  export_explain fp16 & EXPORTS+=($!)
+fi
+
 # ---- 2. attnvis bench, three runs sharing the export cache (the first one exports: allow it more time)
 bench() {  # name, seconds, args...
   local name=$1 limit; shift
@@ -146,7 +168,7 @@ skipped_row() {  # variant, reason
 
 run_batch() {  # variant, model, save, input folder, images, extra flags...
   local variant=$1 model=$2 save=$3 inputs=$4 images=$5; shift 5
-  local out="/tmp/gpu-check-out-$variant-$save" text="$OUT/batch-$variant-$save.txt" t start end rc
+  local out="/tmp/gpu-check-out-$variant-$save" text="$WORK/batch-$variant-$save.txt" t start end rc
   t=$(limit "$T_BATCH") || { skipped_row "$variant" "--save $save: the script's time is spent"; return; }
   rm -rf "$out"
   say "batch $variant --save $save: $images images, batch $BATCH, $(basename "$model") $*"
@@ -184,22 +206,18 @@ for variant in fp16-cls cls; do
   run_batch "$variant" "$model" images /tmp/gpu-check-jpegs-few "$N_IMAGES"
 done
 
-# ---- 3b. the explanation graph (gae) from `attnvis export --explain gae`, fp32 and fp16, batch $BATCH
-if ! "$PY" -m attnvis export --help 2>/dev/null | grep -q -- "--explain"; then
+# ---- 3b. the explanation graph (gae) from `attnvis export --explain gae` (step 1b), fp32 and fp16, batch $BATCH
+if [ "$HAS_EXPLAIN" != 1 ]; then
   skipped_row explain-gae "this attnvis has no 'attnvis export --explain': the explanation graph is not in this tree"
 else
+  [ "${#EXPORTS[@]}" -gt 0 ] && { say "waiting for the explanation graphs' export"; wait "${EXPORTS[@]}"; }
   for precision in fp32 fp16; do
     variant="explain-gae$([ "$precision" = fp16 ] && echo -fp16)"
     model="/tmp/gpu-check-$variant.onnx"
-    t=$(limit "$T_EXPORT") || { skipped_row "$variant" "the script's time is spent"; continue; }
-    say "export $variant: timm:vit_base_patch16_224, random weights"
-    # shellcheck disable=SC2046
-    timeout "$t" "$PY" -m attnvis export --model timm:vit_base_patch16_224 --random-weights --explain gae \
-      $([ "$precision" = fp16 ] && echo --fp16) --no-validate --output "$model" > "$OUT/export-$variant.txt" 2>&1
-    rc=$?
-    tail -3 "$OUT/export-$variant.txt" | tee -a "$LOG"
-    if [ "$rc" -ne 0 ] || [ ! -f "$model" ]; then
-      skipped_row "$variant" "the export failed (rc=$rc): $(tail -1 "$OUT/export-$variant.txt")"
+    rc=$(cat "$WORK/export-$variant.rc" 2>/dev/null || echo "?")
+    tail -3 "$WORK/export-$variant.txt" 2>/dev/null | tee -a "$LOG"
+    if [ "$rc" != 0 ] || [ ! -f "$model" ]; then
+      skipped_row "$variant" "the export failed (rc=$rc$([ "$rc" = 124 ] && echo ", stopped after ${T_EXPORT}s")): $(tail -1 "$WORK/export-$variant.txt" 2>/dev/null)"
       continue
     fi
     if "$PY" -m attnvis batch --help 2>/dev/null | grep -q -- "--method"; then
