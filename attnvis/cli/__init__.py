@@ -1,6 +1,6 @@
 """The ``attnvis`` console script: the only place argparse lives.
 
-One module per command (``visualize``, ``export``, ``demo``, ``batch``,
+One module per command (``visualize``, ``export``, ``demo``, ``batch``, ``evaluate``,
 ``render``, ``bench``), each with ``add_parser(subparsers)`` and ``run(args)``; the
 argument groups they share are in :mod:`attnvis.cli._args`. Commands parse,
 call the library and print; the work is in the library.
@@ -15,7 +15,7 @@ import sys
 
 from attnvis.errors import AttnvisError
 
-_COMMANDS = ("visualize", "export", "demo", "batch", "render", "bench")
+_COMMANDS = ("visualize", "export", "demo", "batch", "render", "bench", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,11 +13,11 @@ docstring, and every perturbation metric feeds its masked copies through one bat
 from attnvis._lazy import lazy_attributes
 
 _LAZY = {
-    "road": "attnvis.faithfulness.road",
-    "road_combined": "attnvis.faithfulness.road",
+    "road": "attnvis.faithfulness._road",
+    "road_combined": "attnvis.faithfulness._road",
     "deletion": "attnvis.faithfulness.causal",
     "insertion": "attnvis.faithfulness.causal",
-    "perturbation": "attnvis.faithfulness.perturbation",
+    "perturbation": "attnvis.faithfulness._perturbation",
     "pointing_game": "attnvis.faithfulness.localisation",
     "relevance_mass": "attnvis.faithfulness.localisation",
     "relevance_rank": "attnvis.faithfulness.localisation",

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnvis.errors import InputError
-from attnvis.faithfulness import causal, localisation, perturbation, road
+from attnvis.faithfulness import _perturbation as perturbation
+from attnvis.faithfulness import _road as road
+from attnvis.faithfulness import causal, localisation
 
 ROAD_SEED = 0  # evaluate's ROAD noise: reproducible from run to run
 
