@@ -79,6 +79,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     if store is None:
         methods_mod.check_methods(method_names)
     clf = Classifier(config.model or "default", device=config.device)
+    explainer = methods_mod.open_explainer(config.model or "default", method_names, config.device) if store is None else None
     images = _store_images(store, method_names, clf) if store is not None else _discover(config)
     truth = _ground_truth(config, images, store)
     out = Path(config.output)
@@ -88,7 +89,7 @@ def evaluate(config: EvaluateConfig) -> dict:
     bar = _progress(len(images), len(images) - len(todo), config.progress)
     for i in range(0, len(todo), config.batch_size):
         chunk = todo[i:i + config.batch_size]
-        rows, bad = _score_chunk(clf, chunk, method_names, metrics, truth, config)
+        rows, bad = _score_chunk(clf, chunk, method_names, metrics, truth, config, explainer)
         failed += bad
         _write_part(out, rows)
         bar.update(len(chunk))
@@ -186,7 +187,8 @@ def _ground_truth(config: EvaluateConfig, images: list[Image], store) -> dict[st
 # --------------------------------------------------------------------------- scoring
 
 
-def _score_chunk(clf: Classifier, chunk: list[Image], method_names, metrics, truth, config) -> tuple[list[dict], list[str]]:
+def _score_chunk(clf: Classifier, chunk: list[Image], method_names, metrics, truth, config,
+                 explainer=None) -> tuple[list[dict], list[str]]:
     from attnvis.runtime.images import load_image, preprocess
 
     pre = clf.metadata.preprocess
@@ -204,7 +206,7 @@ def _score_chunk(clf: Classifier, chunk: list[Image], method_names, metrics, tru
     x = preprocess([image for _, image in loaded], pre)
     target = clf.logits(x).argmax(1)
     keys = [im.key for im, _ in loaded]
-    grids = _grids(clf, x, loaded, method_names, keys, target)
+    grids = _grids(clf, x, loaded, method_names, keys, target, explainer)
     masks = None
     if truth:
         masks = np.stack([gt.to_input(truth[k], pre) if k in truth else np.zeros(pre.size, bool) for k in keys])
@@ -225,10 +227,10 @@ def _score_chunk(clf: Classifier, chunk: list[Image], method_names, metrics, tru
     return rows, failed
 
 
-def _grids(clf, x, loaded, method_names, keys, target) -> dict[str, np.ndarray]:
+def _grids(clf, x, loaded, method_names, keys, target, explainer) -> dict[str, np.ndarray]:
     stored = loaded[0][0].stored
     if stored is None:
-        return methods_mod.grid_maps(clf, x, method_names, keys, target)
+        return methods_mod.grid_maps(clf, x, method_names, keys, target, explainer)
     store, out = stored["store"], {}
     for name in method_names:
         if name == "attention":

@@ -16,13 +16,24 @@ import numpy as np
 from attnvis.errors import InputError
 
 FROM_ATTENTION = ("attention", "rollout")
-EXPLAIN_METHODS = ("gae", "grad-rollout", "attn-gradcam", "transformer-attribution", "gradcam")
 BASELINES = ("random",)
+
+
+def _explain_table() -> tuple[str, ...]:
+    """The class-specific methods of ``attnvis.explain`` (none where this install lacks it)."""
+    try:
+        from attnvis.explain import METHODS
+    except ImportError:
+        return ()
+    return tuple(name for name in METHODS if name not in FROM_ATTENTION)
+
+
+EXPLAIN_METHODS = _explain_table() or ("gae", "grad-rollout")
 
 
 def available() -> tuple[str, ...]:
     """Every method name this install can compute."""
-    return FROM_ATTENTION + (EXPLAIN_METHODS if _explain() is not None else ()) + BASELINES
+    return FROM_ATTENTION + _explain_table() + BASELINES
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -30,7 +41,7 @@ def check_methods(methods: list[str]) -> list[str]:
     if not methods:
         raise InputError(f"--methods is empty; choose from {', '.join(available())}")
     for name in methods:
-        if name in EXPLAIN_METHODS and _explain() is None:
+        if name in EXPLAIN_METHODS and not _explain_table():
             raise InputError(f"--methods {name} needs attnvis.explain (class-specific relevance), which this attnvis "
                              f"does not have; choose from {', '.join(available())}")
         if name not in available():
@@ -38,16 +49,19 @@ def check_methods(methods: list[str]) -> list[str]:
     return methods
 
 
-def _explain():
-    import attnvis
-
-    try:
-        return attnvis.explain
-    except AttributeError:
+def open_explainer(spec: str, methods: list[str], device: str):
+    """The explanation session for the class-specific ``methods`` (``None`` when none is asked); refuses a model
+    that cannot be explained with ``attnvis.explain``'s own one-line errors, before any work."""
+    wanted = [m for m in methods if m in EXPLAIN_METHODS]
+    if not wanted:
         return None
+    from attnvis.runtime.explain import open_explainer as open_
+
+    return open_(spec, wanted, device=device)
 
 
-def grid_maps(clf, x: np.ndarray, methods: list[str], keys: list[str], target: np.ndarray) -> dict[str, np.ndarray]:
+def grid_maps(clf, x: np.ndarray, methods: list[str], keys: list[str], target: np.ndarray,
+              explainer=None) -> dict[str, np.ndarray]:
     """Each method's map of each image, float32 [B, h, w] on the patch grid.
 
     Args:
@@ -55,15 +69,18 @@ def grid_maps(clf, x: np.ndarray, methods: list[str], keys: list[str], target: n
         x: float32 [B, C, H, W] model input.
         keys: the images' keys (seed ``random``).
         target: the class each image is explained for (class-specific methods).
+        explainer: from :func:`open_explainer`, for the class-specific methods.
     """
     out = {}
     if any(m in FROM_ATTENTION for m in methods):
         out.update(_from_attention(clf.session, x, [m for m in methods if m in FROM_ATTENTION]))
+    if explainer is not None:
+        from attnvis.runtime.explain import run_explanation
+
+        ex = run_explanation(explainer, x, np.asarray(target, np.int64))
+        out.update({name: np.asarray(ex.maps[name], np.float32) for name in methods if name in EXPLAIN_METHODS})
     for name in methods:
-        if name in EXPLAIN_METHODS:
-            ex = _explain()(clf.session, x, method=name, target=target)
-            out[name] = np.asarray(ex.relevance, np.float32)
-        elif name == "random":
+        if name == "random":
             grid = clf.metadata.tokens.grid
             out[name] = np.stack([np.random.default_rng(zlib.crc32(k.encode())).random(grid, np.float32) for k in keys])
     return out
