@@ -331,3 +331,24 @@ def test_a_full_disk_during_save_maps_names_the_shard_and_leaves_nothing(tiny_ba
     monkeypatch.setattr(os, "write", real)
     assert batch(tiny_batch_model, made / "in", out, "--resume", "--no-gallery") == 0
     assert len(quiet_load(out)) == N
+
+
+def test_the_manifest_reading_for_the_store_agrees_with_parsing_every_record(tmp_path):
+    from attnvis.batch.manifest import Manifest, stored
+
+    records = [{"key": 'we"ird\\kéy', "source": 'x"status":"ok","store":"maps/no.parquet"', "status": "failed"},
+               {"key": "a", "status": "ok", "source_check": [1, 2, 3], "store": "maps/p.parquet"},
+               {"key": "b", "status": "ok", "store": "maps/p.parquet"}, {"key": "b", "status": "failed"},
+               {"key": 'we"ird\\kéy', "status": "ok", "store": "maps/q.parquet"},
+               {"key": "éé", "status": "ok", "source_check": [4, 5, 6], "store": "maps/q.parquet"},
+               {"status": "ok", "key": "c", "store": "maps/r.parquet"}, {"key": "d", "status": "ok", "files": []}]
+    with Manifest(tmp_path / MANIFEST) as manifest:
+        for record in records:
+            manifest.append(record)
+    with open(tmp_path / MANIFEST, "ab") as f:
+        f.write(b'{"key":"torn","status":"ok","store":"maps/p.parquet"')  # a killed run's last line
+    expected = {}
+    for record in load(tmp_path / MANIFEST).values():
+        if record["status"] == "ok" and record.get("store"):
+            expected[record["key"]] = (record["store"], record.get("source_check"))
+    assert stored(tmp_path / MANIFEST) == expected and sorted(expected) == ["a", "c", 'we"ird\\kéy', "éé"]
