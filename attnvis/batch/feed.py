@@ -287,6 +287,8 @@ class DeviceFeed:
         for i, (_, got) in enumerate(kept):
             if i not in on_device:
                 x[i] = torch.from_numpy(got.tensor).to(self.device)
+        if x.is_cuda:  # ORT reads the input on its own stream, which does not wait for torch's
+            torch.cuda.current_stream(x.device).synchronize()
         return x
 
     def _finish(self, kept: list, on_device: dict) -> list:

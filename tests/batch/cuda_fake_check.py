@@ -80,7 +80,7 @@ for save in modes:
         fail(f"the decoder's note is missing or wrong: {gpu.notes}")
     if (gpu.done, gpu.failed) != (cpu.done, cpu.failed) or cpu.failed < 2:
         fail(f"{save}: done/failed {gpu.done}/{gpu.failed} against {cpu.done}/{cpu.failed}: {gpu.failures} / {cpu.failures}")
-    keys = ("status", "error", "files", "size", "prediction", "maps", "thumb", "head_grids")
+    keys = ("status", "error", "files", "size", "prediction", "maps", "thumb", "head_grids", "source_check")
     for key, want in cpu_records.items():
         got = gpu_records[key]
         if any(got.get(k) != want.get(k) for k in keys):

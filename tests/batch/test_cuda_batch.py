@@ -79,3 +79,48 @@ def test_the_cuda_branch_equals_the_cpu_run_with_cls_rows(cls_model, tmp_path):
     out = _check(cls_model, tmp_path, "maps")
     assert "ok maps: 5 images' maps within 1e-4" in out, out
     assert "maps: reduced in-graph (cls), written by the GPU into one page-locked buffer per batch" in out
+
+
+@pytest.fixture
+def on_a_gpu():
+    """Skip unless ORT's CUDA provider and PyTorch's CUDA both run here (before the model is exported)."""
+    import torch
+
+    from attnvis.errors import DeviceError
+    from attnvis.runtime.device import ort_providers
+
+    try:
+        ort_providers("cuda")
+    except DeviceError:
+        pytest.skip("no usable CUDA execution provider here; the stand-in tests cover the CUDA branch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA device here")
+
+
+@pytest.mark.parametrize("save", ["maps", "images"])
+def test_on_a_gpu_the_batch_equals_the_cpu_run(on_a_gpu, tiny_batch_model, tmp_path, save):
+    """On a card: PNGs (decoded by the CPU path on both sides) give maps within 1e-4 and images within one level;
+    JPEGs go through nvJPEG (its IDCT is not libjpeg-turbo's: only the records and the note are compared)."""
+    import attnvis
+    from attnvis.batch.manifest import MANIFEST, load
+    from attnvis.batch.run import BatchConfig, run_batch
+
+    inputs = _inputs(tmp_path / "in")
+    runs = {}
+    for device in ("cpu", "cuda"):
+        config = BatchConfig(inputs=[str(inputs)], output=str(tmp_path / device), model=tiny_batch_model, device=device,
+                             save=save, progress=False, max_pixels=3000, batch_size=4, workers=2)
+        runs[device] = (run_batch(config), load(tmp_path / device / MANIFEST))
+    (cpu, cpu_records), (gpu, gpu_records) = runs["cpu"], runs["cuda"]
+    assert any(note.startswith("decode: ") and "nvJPEG on the GPU" in note for note in gpu.notes), gpu.notes
+    assert {k: r["status"] for k, r in gpu_records.items()} == {k: r["status"] for k, r in cpu_records.items()}
+    if save == "maps":
+        a, b = attnvis.load_maps(tmp_path / "cpu"), attnvis.load_maps(tmp_path / "cuda")
+        np.testing.assert_allclose(a["c.png"], b["c.png"], atol=1e-4)
+        np.testing.assert_allclose(a.rollout("c.png"), b.rollout("c.png"), atol=1e-4)
+    else:
+        files = sorted((tmp_path / "cpu" / "c.png").glob("*.png"))
+        assert files
+        for f in files:
+            got = cv2.imread(str(tmp_path / "cuda" / "c.png" / f.name)).astype(int)
+            assert np.abs(got - cv2.imread(str(f))).max() <= 1, f.name
