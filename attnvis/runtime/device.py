@@ -78,7 +78,30 @@ def ort_providers(device: str, cuda_graph: bool = False) -> list:
     if not usable:
         return [CPU]
     ort.set_default_logger_severity(4)  # a CUDA provider that fails to load is reported by us, once
+    _preload_cuda_libraries(ort)
     return [(CUDA, cuda_options(cuda_graph)), CPU]
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load the CUDA and cuDNN libraries ORT's CUDA provider needs from the pip ``nvidia-*`` packages, once.
+
+    ``import torch`` does it for a compatible PyTorch, but the runtime does not
+    import torch; without it the provider finds them only on the loader's path.
+    ``onnxruntime.preload_dlls`` (onnxruntime-gpu ≥ 1.21) is ORT's own way; its
+    notes go nowhere, and where it cannot load them the session says so (``--device cuda``).
+    """
+    global _PRELOADED
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED = True
+    import contextlib
+    import io
+
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        ort.preload_dlls()
+
+
+_PRELOADED = False
 
 
 def ort_session(path: str | Path, device: str = "auto", options=None, cuda_graph: bool = False):
