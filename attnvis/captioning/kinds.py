@@ -17,6 +17,9 @@ VLM_TYPES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForCo
              "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "idefics3": "Idefics3ForConditionalGeneration",
              "smolvlm": "SmolVLMForConditionalGeneration", "paligemma": "PaliGemmaForConditionalGeneration"}
 
+#: The VLM ``model_type`` values the onnx backend covers (the others run on the torch backend).
+ONNX_VLM_TYPES = {"llava"}
+
 
 def supported_models() -> str:
     """Every supported ``model_type`` with its class, for error messages."""

@@ -80,6 +80,22 @@ def add_prompt_arg(p: argparse.ArgumentParser) -> None:
                         "formatted by the model's own chat template (default: 'Describe the image.')")
 
 
+def vlm_backend(model: str | None, backend: str) -> str:
+    """``--backend``, except ``ort`` for a VLM family without an onnx backend: ``torch``, said on stderr."""
+    import sys
+
+    from attnvis.captioning.kinds import ONNX_VLM_TYPES, is_vlm_dir, read_config
+
+    if backend not in ("ort", "onnx") or not (model and is_vlm_dir(model)):
+        return backend
+    kind = read_config(model).get("model_type")
+    if kind in ONNX_VLM_TYPES:
+        return backend
+    print(f"note: {kind} has no onnx backend (it covers {', '.join(sorted(ONNX_VLM_TYPES))}); running --backend torch",
+          file=sys.stderr)
+    return "torch"
+
+
 def check_prompt(args: argparse.Namespace) -> None:
     """``--prompt`` only with a vision-language model directory: one line otherwise."""
     from attnvis.captioning.kinds import is_vlm_dir, read_config

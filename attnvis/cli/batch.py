@@ -9,7 +9,8 @@ import sys
 from attnvis.batch.cores import BATCH_SIZES
 from attnvis.batch.run import ENGINES, BatchConfig, BatchInterrupted, run_batch
 from attnvis.batch.stages import SAVE_MODES
-from attnvis.cli._args import add_max_pixels, add_model_args, add_prompt_arg, add_render_args, check_prompt, render_options
+from attnvis.cli._args import (add_max_pixels, add_model_args, add_prompt_arg, add_render_args, check_prompt,
+                               render_options, vlm_backend)
 from attnvis.errors import InputError
 
 
@@ -76,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         raise InputError(f"--beam-size must be a positive integer (1: greedy search), got {caption.beam_size}")
     return BatchConfig(caption=caption, inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
                        random_weights=args.random_weights,
-                       device=args.device, backend=args.backend, threads=args.threads, max_memory=args.max_memory,
+                       device=args.device, backend=vlm_backend(args.model, args.backend), threads=args.threads,
+                       max_memory=args.max_memory,
                        options=render_options(args),
                        batch_size=args.batch_size, workers=args.workers, resume=args.resume,
                        max_pixels=args.max_pixels, progress=args.progress, engine=args.engine, gallery=args.gallery,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from attnvis.cli._args import (add_caption_args, add_figure_args, add_max_pixels, add_model_args, add_render_args,
-                               caption_backend, check_prompt, render_options)
+                               caption_backend, check_prompt, render_options, vlm_backend)
 
 
 def add_parser(sub) -> None:
@@ -51,7 +51,8 @@ def run_caption(args: argparse.Namespace, hf: bool = False) -> int:
     opts = CaptionVisOptions(
         output=Path(args.output), att_feats=args.att_feats, boxes=args.boxes, backbone_weights=args.backbone_weights,
         beam_size=args.beam_size, head=args.head, layer=args.layer, save_raw=args.save_raw, colormap=args.colormap,
-        alpha=args.alpha, device=args.device, backend=caption_backend(args.backend), prompt=args.prompt)
+        alpha=args.alpha, device=args.device, backend=caption_backend(vlm_backend(args.model, args.backend)),
+        prompt=args.prompt)
     if hf:
         report = visualize_hf_caption(args.image, args.model, opts)
     else:

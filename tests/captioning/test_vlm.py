@@ -264,6 +264,24 @@ def test_batch_prompt_writes_words_to_the_manifest(captioners, dirs, images, tmp
     assert '"words"' in page and json.dumps(want[0].sentence.split()[0]) in page
 
 
+def test_batch_of_a_family_without_onnx_runs_on_torch_by_default(captioners, dirs, images, tmp_path, capsys):
+    """``--backend`` left at its default (ort) for Qwen2-VL: the torch backend runs, and says so on stderr."""
+    import json
+
+    from attnvis.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _png(src / "a.png", images[1])
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--model", dirs["qwen2_vl"], "--output", str(out), "--device", "cpu",
+                 "--prompt", "Describe the image.", "--no-progress", "--no-gallery"]) == 0
+    assert "qwen2_vl has no onnx backend" in capsys.readouterr().err
+    (rec,) = map(json.loads, (out / "manifest.jsonl").read_text().splitlines())
+    (cap,) = captioners["qwen2_vl"].caption([images[1]], prompt="Describe the image.")
+    assert rec["token_ids"] == cap.token_ids.tolist()
+
+
 @pytest.mark.parametrize("command", ["visualize", "batch"])
 def test_prompt_on_a_model_that_is_not_a_vlm_is_one_line(tmp_path, capsys, command):
     from attnvis.cli import main
