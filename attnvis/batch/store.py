@@ -37,6 +37,14 @@ from the shards that hold it (each shard rewritten atomically), so a kill
 at any moment, followed by ``--resume``, leaves every image in the store
 exactly once with the values an uninterrupted run stores.
 
+Integrity (:mod:`attnvis.batch._shard_file`, :mod:`attnvis.batch._store_scan`):
+every page carries a CRC-32, checked when it is read; a shard is read only
+while it is the file (inode, size, mtime) the store was opened on; a damaged
+shard is named in one line by readers and moved aside by the next batch,
+whose images are then redone; an image in two shards is read once and the
+other copy removed by the next batch; images the manifest records as stored
+that no shard holds are reported (:attr:`MapStore.missing`).
+
 Shard size: 4,096 rows is ~10 MB for the default model and ~38 MB for a
 ViT-B, so a million images make ~250 files, and a crash loses at most
 4,096 images or a minute of work, whichever is less.
@@ -237,6 +245,8 @@ class MapStore(Mapping):
         metadata: the model's :class:`ModelMetadata`.
         layout: the :class:`StoreLayout`.
         root: the batch output folder.
+        missing: keys the manifest records as stored that no shard holds (a deleted shard), sorted.
+        notes: what opening found (images stored twice, ``missing``), one line each.
     """
 
     def __init__(self, root: str | os.PathLike):
