@@ -110,14 +110,16 @@ def _in_use(path: Path, holder: dict) -> str:
     return f"{path.parent} is in use by another attnvis {command} (pid {holder['pid']}, since {since})"
 
 
-def _live(path: Path) -> dict | None:
-    """The holder of a lock file while it is alive (or on another host); a dead holder's file is removed."""
+def _live(path: Path, remove: bool = False) -> dict | None:
+    """The holder of a lock file while it is alive (or on another host); ``remove``: a dead holder's file goes
+    (a reader's, named by its pid: no other process takes that name, so removing it races with no one)."""
     holder = _holder(path)
     if holder is None:
         return None
     if holder.get("host") != socket.gethostname() or _alive(holder["pid"]):
         return holder
-    path.unlink(missing_ok=True)
+    if remove:
+        path.unlink(missing_ok=True)
     return None
 
 
@@ -160,7 +162,7 @@ def check_no_readers(folder: str | os.PathLike) -> None:
     """
     for entry in os.scandir(folder):
         if entry.name.startswith(READER_PREFIX) and entry.name.endswith(READER_SUFFIX):
-            holder = _live(Path(entry.path))
+            holder = _live(Path(entry.path), remove=True)
             if holder is not None:
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
                 where = "" if holder.get("host") == socket.gethostname() else f" on host {holder.get('host')}"

@@ -138,7 +138,12 @@ def test_a_batch_does_not_start_while_render_reads_the_store(tiny_batch_model, m
         one_line(capsys, str(out), "is being read by attnvis render", f"pid {os.getpid()}")
         assert code == 2
     assert (out / MANIFEST).read_bytes() == before and not list(out.glob(".attnvis-read-*"))
-    assert batch(tiny_batch_model, made / "in", out, "--resume") == 0  # the reader gone: it runs
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".attnvis-read-{dead.pid}-0000.lock"  # a render killed with -9
+    stale.write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 0, "command": "render"}))
+    assert batch(tiny_batch_model, made / "in", out, "--resume") == 0  # no live reader: it runs
+    assert not stale.exists()
 
 
 def test_render_does_not_start_while_a_batch_writes_the_store(out, tmp_path, capsys):
