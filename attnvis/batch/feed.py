@@ -196,14 +196,28 @@ def _cuda_render(plan) -> tuple[bool, str]:
     """(render on the GPU, why not): ``--save images|both`` and numba-cuda usable; its kernels compiled here, once."""
     if plan.save == "maps":
         return False, "--save maps draws only the gallery's thumbnails"
-    from attnvis.render.gpu import cuda_render_usable, render_maps_cuda, sim_threads
+    from attnvis.render.gpu import cuda_render_usable
 
     if not cuda_render_usable():
         return False, "numba-cuda is not installed or sees no GPU: pip install 'attnvis[gpu]'"
-    opts = plan.options
-    render_maps_cuda(np.ones((1, 2, 2), np.float32), np.zeros((4, 4, 3), np.uint8), opts.colormap, opts.alpha,
-                     threads=sim_threads())  # compiled before the workers share it
+    try:
+        warm_up_cuda(plan.options)  # compiled before the workers share it (a no-op after run_batch's warm-up)
+    except Exception as err:  # noqa: BLE001 - a broken numba-cuda install: the CPU renders, and the note says why
+        return False, f"numba-cuda cannot compile the render kernel here ({type(err).__name__}: {err})"
     return True, ""
+
+
+def warm_up_cuda(options) -> None:
+    """Compile (or load from numba's cache) the GPU render kernel: one tiny render.
+
+    :func:`attnvis.batch.run.run_batch` calls it for ``--device cuda`` while the
+    model opens, so that the seconds of a cold compile are not counted in the run.
+    """
+    from attnvis.render.gpu import cuda_render_usable, render_maps_cuda, sim_threads
+
+    if cuda_render_usable():
+        render_maps_cuda(np.ones((1, 2, 2), np.float32), np.zeros((4, 4, 3), np.uint8), options.colormap, options.alpha,
+                         threads=sim_threads())
 
 
 class DeviceFeed:

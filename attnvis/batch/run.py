@@ -162,9 +162,12 @@ def run_batch(config: BatchConfig) -> BatchSummary:
         return _run_captions(config, began)
     items = discover(config.inputs, exclude=config.output)
     warmed = _in_background(warm_up, config.options) if config.engine == "local" else None
+    gpu_warmed = _gpu_warm_up(config)
     session = open_session(config)  # meanwhile the renderer's one-time loading
     if warmed is not None:
         warmed()
+    if gpu_warmed is not None:
+        gpu_warmed()
     plan = make_plan(session.metadata, config.options, config.model, save=config.save, store_heads=config.store_heads)
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
@@ -231,6 +234,21 @@ def _run_captions(config: BatchConfig, began: float) -> BatchSummary:
             summary.gallery = write_gallery(root, records, cb.caption_metadata(), title=f"attnvis batch: {config.model}",
                                             colormap=config.options.colormap, alpha=config.options.alpha)
     return summary
+
+
+def _gpu_warm_up(config: BatchConfig) -> Callable[[], None] | None:
+    """``--device cuda`` drawing images: the GPU render kernel compiled while the model opens (errors: left to the run)."""
+    if config.engine != "local" or config.device != "cuda" or config.save == "maps":
+        return None
+    from attnvis.batch.feed import warm_up_cuda
+
+    def quietly(options) -> None:
+        try:
+            warm_up_cuda(options)
+        except Exception:  # noqa: BLE001 - the run's renderer choice reports it (attnvis.batch.feed.for_run)
+            pass
+
+    return _in_background(quietly, config.options)
 
 
 def _in_background(fn, *args) -> Callable[[], None]:
