@@ -13,6 +13,12 @@ Flow (``W`` workers, ``B`` batch size)::
     items ──► decode (pool, ≤ B + 2W ahead) ──► infer (driver, B per call)
           ──► render + encode + write (pool, ≤ B + 2W in flight) ──► manifest (driver)
 
+On CUDA (:func:`attnvis.batch.feed.for_run`) the decode lane only reads and
+checks each file; the driver decodes a batch's JPEGs on the GPU with nvJPEG,
+makes the model's input there, and hands the render lane each head's query
+rows (full maps are reduced on the GPU) and, for ``--save images``, the image
+still on the device for the GPU renderer.
+
 The render window holds more than a batch, so the workers still have renders
 queued while the driver runs the next inference. Memory is bounded by those
 windows, whatever the number of images.
