@@ -84,3 +84,47 @@ def test_gpu_decoder_matches_cpu_within_two_levels(files):
     levels = np.abs(got - cpu.tensor) * np.asarray(PRE.std, np.float32)[:, None, None] / PRE.scale  # in 0..255 units
     assert levels.mean() <= 1.0 and levels.max() <= 8.0  # nvJPEG vs libjpeg, torch's antialias vs PIL's filter
     assert isinstance(gpu.tensor, torch.Tensor) and gpu.tensor.is_cuda
+
+
+@pytest.fixture(scope="module")
+def meta(tiny_batch_model):
+    from attnvis.runtime import OrtSession
+
+    return OrtSession(tiny_batch_model, device="cpu").metadata
+
+
+def _for_run(meta, device="cuda", backend="ort", save="images", **options):
+    from types import SimpleNamespace
+
+    from attnvis.batch.stages import make_plan
+    from attnvis.visualize import VisualizeOptions
+
+    plan = make_plan(meta, VisualizeOptions(**options), "tiny", save=save)
+    return feed.for_run(SimpleNamespace(device=device), plan, backend)
+
+
+def test_a_cpu_run_gets_no_gpu_side(meta):
+    got, plan, notes = _for_run(meta, device="cpu")
+    assert got is None and plan.renderer == "cpu" and notes == []
+
+
+def test_the_gpu_side_says_what_runs_where_and_why(meta, monkeypatch):
+    from attnvis.render import gpu
+
+    monkeypatch.setattr(feed, "gpu_decode_usable", lambda: (True, ""))
+    monkeypatch.setattr(feed, "TORCH_DEVICE", "cpu")
+    monkeypatch.setattr(gpu, "cuda_render_usable", lambda: False)
+    got, plan, notes = _for_run(meta)
+    assert got is not None and got.reduce_maps and plan.renderer == "cpu"
+    assert notes[0].startswith("maps: full maps reduced on the GPU to each head's query row, copied")
+    assert notes[1].startswith("render: on the CPU threads (numba-cuda is not installed or sees no GPU")
+    got, _, notes = _for_run(meta, save="maps")
+    assert "and the rollout row" in notes[0] and "draws only the gallery's thumbnails" in notes[1]
+    got, _, notes = _for_run(meta, save_raw=True)
+    assert not got.reduce_maps and notes[0] == "maps: full maps copied to the host (--save-raw writes the full maps)"
+    got, _, notes = _for_run(meta, backend="torch")
+    assert got is None and notes[0] == "decode: on the CPU threads, not nvJPEG: the torch backend reads host arrays"
+    monkeypatch.setattr(feed, "gpu_decode_usable", lambda: (False, "PyTorch sees no CUDA device"))
+    got, _, notes = _for_run(meta)
+    assert got is None and notes[:2] == ["decode: on the CPU threads, not nvJPEG: PyTorch sees no CUDA device",
+                                         "maps: full maps copied to the host (PyTorch sees no CUDA device)"]
