@@ -38,19 +38,25 @@ def _torch_version() -> str:
         return "none"
 
 
-def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size) -> str:
+def _cache_key(spec: str | None, weights: str | None, reduce: str, image_size, random_weights: bool = False) -> str:
+    """The cache entry's name: the spec, the weights it was exported with, the options and the versions.
+
+    The weights are keyed by their bytes (SHA-256), or as ``"random"``: an export made with
+    ``--random-weights`` is never found by a run that did not ask for random weights.
+    """
     from attnvis import __version__
 
     parts = {"spec": spec or "default", "reduce": reduce, "image_size": image_size,
-             "attnvis": __version__, "torch": _torch_version()}
+             "attnvis": __version__, "torch": _torch_version(),
+             "weights": _digest(Path(weights)) if weights and Path(weights).is_file() else weights,
+             "random_weights": bool(random_weights) and not weights}
     if spec in (None, "", "default"):  # the embedded model: key on its shipped weights file
         from importlib import resources
 
         spec = str(resources.files("attnvis.models") / "assets" / "tiny_vit.pt")
-    for name, path in (("weights", weights), ("spec_file", spec)):
-        if path and Path(path).exists():
-            stat = Path(path).stat()
-            parts[name] = [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+    if spec and Path(spec).exists():
+        stat = Path(spec).stat()
+        parts["spec_file"] = [str(Path(spec).resolve()), stat.st_size, stat.st_mtime_ns]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -65,7 +71,7 @@ def exported_path(spec: str | None, *, weights: str | None = None, reduce: str =
         from attnvis.models import default_onnx_path
 
         return default_onnx_path()  # shipped with the package: no PyTorch needed
-    path = cache_dir() / "onnx" / f"{_cache_key(spec, weights, reduce, image_size)}.onnx"
+    path = cache_dir() / "onnx" / f"{_cache_key(spec, weights, reduce, image_size, random_weights)}.onnx"
     if path.exists() and not _verified(path):
         path.unlink()  # truncated by a crash, or written by a run that failed its validation: rebuild it
     if not path.exists():
@@ -145,7 +151,8 @@ def open_model(
     """Open ``spec`` (``.onnx`` file, ``default``, HF dir, ``timm:NAME``, ...) on a backend.
 
     A PyTorch model on the ``ort`` backend is exported first; the export is
-    cached under :func:`cache_dir` keyed by the spec, weights and versions.
+    cached under :func:`cache_dir` keyed by the spec, the weights' bytes (or
+    "random" with ``random_weights``), the options and the versions.
     """
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
