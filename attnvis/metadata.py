@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnvis.errors import InputError
+
 REDUCTIONS = ("none", "mean-heads", "cls")
 PROP_PREFIX = "attnvis."
 
@@ -115,6 +117,31 @@ class TokenLayout:
     @property
     def num_patches(self) -> int | None:
         return None if self.grid is None else self.grid[0] * self.grid[1]
+
+
+#: The largest input side attnvis exports a model for: at a 16-pixel patch, 256 x 256 = 65,536 tokens,
+#: whose attention maps (65,536² weights a head) are already past any memory.
+MAX_IMAGE_SIDE = 4096
+
+
+def size2(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """``224`` or ``(224, 320)`` → ``(224, 320)``; ``None`` stays ``None``.
+
+    Raises:
+        InputError: not positive, or past :data:`MAX_IMAGE_SIDE` (the message names the bound).
+    """
+    if image_size is None:
+        return None
+    try:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise InputError(f"image size {image_size!r} is not a positive int or (height, width)")
+    if max(size) > MAX_IMAGE_SIDE:
+        raise InputError(f"image size {size[0]}x{size[1]} is past attnvis's bound of {MAX_IMAGE_SIDE} pixels a side "
+                         "(attnvis.metadata.MAX_IMAGE_SIDE); give a smaller --image-size")
+    return size
 
 
 @dataclass(frozen=True)

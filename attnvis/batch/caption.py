@@ -119,12 +119,16 @@ def _caption_chunk(captioner, chunk: list, config, caption: CaptionOptions) -> l
 
 
 def open_captioner(config, caption: CaptionOptions):
-    """The run's captioner (``--backend ort`` means the captioner's ``onnx`` backend)."""
+    """The run's captioner (``--backend ort`` means the captioner's ``onnx`` backend), its ``--beam-size`` checked."""
     from attnvis.captioning.load import load_captioner
 
+    from attnvis.captioning.inputs import check_beam_size
+
     backend = "onnx" if config.backend in ("ort", "onnx") else config.backend
-    return load_captioner(config.model, backend=backend, device=config.device, infos_path=caption.infos_path,
-                          **caption.features())
+    captioner = load_captioner(config.model, backend=backend, device=config.device, infos_path=caption.infos_path,
+                               **caption.features())
+    check_beam_size(caption.beam_size, getattr(captioner, "vocab_size", None))  # before any image, any output
+    return captioner
 
 
 def pending_items(items: list, previous: dict, root: Path, config, caption: CaptionOptions) -> list:
@@ -144,7 +148,7 @@ def caption_items(captioner, config, caption: CaptionOptions, items: list, root:
     """Caption ``items`` in chunks of ``--batch-size`` (default by device); every record (ok or failed) goes to ``sink``."""
     from attnvis.captioning.inputs import check_beam_size
 
-    check_beam_size(caption.beam_size)
+    check_beam_size(caption.beam_size, getattr(captioner, "vocab_size", None))  # up front, not once per image
     plan = _fingerprint(config, caption)
     clean_tmp(root)
     size = batch_size_for(config.batch_size, config.device)

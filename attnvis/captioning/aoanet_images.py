@@ -19,13 +19,14 @@ import numpy as np
 from attnvis.captioning import tiny
 from attnvis.captioning.captioner import Captioner, load_aoanet
 from attnvis.captioning.checkpoint import read_infos
-from attnvis.captioning.inputs import check_beam_size
+from attnvis.captioning.decoding import decode_sequence
+from attnvis.captioning.inputs import check_beam_size, check_max_new_tokens
+from attnvis.captioning.kinds import DEFAULT_CAPTIONER
 from attnvis.captioning.features import load_region_features, read_image, reference_resnet, resnet_grid_features
 from attnvis.captioning.result import ImageCaption
 from attnvis.errors import InputError
 from attnvis.metadata import TokenLayout
 
-DEFAULT_CAPTIONER = "default-captioner"
 
 
 @dataclass
@@ -52,9 +53,11 @@ class AoAImageCaptioner:
     def caption(self, images, beam_size: int = 1, max_new_tokens: int | None = None) -> list[ImageCaption]:
         """Caption images (file paths; RGB uint8 arrays too when the features come from a backbone).
 
-        ``max_new_tokens`` must not exceed the model's ``seq_length`` (AoANet decodes a fixed length).
+        ``max_new_tokens`` (at least 1) caps the caption at that many tokens, its sentence too; past the
+        model's ``seq_length`` (AoANet decodes a fixed length) it changes nothing.
         """
-        check_beam_size(beam_size)
+        check_beam_size(beam_size, self.vocab_size)
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
         items = images if isinstance(images, (list, tuple)) else [images]
         return [self.caption_one(item, beam_size, max_new_tokens) for item in items]
 
@@ -62,14 +65,20 @@ class AoAImageCaptioner:
         image, stem = self._image(item)
         fc, att, tokens, boxes = self.features(image, stem)
         result = self.captioner.caption(fc, att, beam_size=beam_size)
-        limit = result.seq.shape[1] if max_new_tokens is None else min(int(max_new_tokens), result.seq.shape[1])
+        limit = result.seq.shape[1] if max_new_tokens is None else min(max_new_tokens, result.seq.shape[1])
         seq = result.seq[0, :limit].tolist()
         ids = seq[:seq.index(0) + 1] if 0 in seq else seq
         vocab = self.captioner.vocab
         words = [vocab.get(str(t), "") if t else "<eos>" for t in ids]
         maps = result.decoder_attention[0, :len(ids), None].astype(np.float32)  # (T, 1, heads, N)
-        return ImageCaption(np.asarray(ids, np.int64), words, result.sentences[0], maps, tokens,
+        sentence = decode_sequence(vocab, np.asarray([ids], np.int64))[0]  # the words kept, as the original joins them
+        return ImageCaption(np.asarray(ids, np.int64), words, sentence, maps, tokens,
                             np.array([t == 0 for t in ids], bool), boxes=boxes)
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens the decoder chooses from (the words and the end token): the largest beam size."""
+        return self.captioner.cfg.vocab_size + 1
 
     def _image(self, item) -> tuple[np.ndarray, str | None]:
         if isinstance(item, (str, Path)):

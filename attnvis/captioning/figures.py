@@ -177,6 +177,33 @@ def visualize_caption(image_path: str | Path, model_path: str | Path, infos_path
     return CaptionReport(result.sentences[0], files, result)
 
 
+def visualize_default_caption(image_path: str | Path, options: CaptionVisOptions | None = None) -> CaptionReport:
+    """``attnvis visualize --model default-captioner``: the shipped tiny captioner on one image.
+
+    Its features come from the shipped tiny backbone (the image resized to its input), as in
+    ``attnvis batch --model default-captioner``; writes the same files as :func:`visualize_caption`.
+
+    Raises:
+        InputError: feature files or backbone weights given (this captioner makes its own features).
+    """
+    opts = options or CaptionVisOptions()
+    if opts.att_feats is not None or opts.boxes is not None or opts.backbone_weights is not None:
+        raise InputError("default-captioner makes its own features with its shipped backbone; leave out --att-feats, "
+                         "--boxes and --backbone-weights")
+    captioner = load_default_captioner(opts.backend, device=opts.device)  # first: a bad --device ends here
+    image = read_image(image_path)
+    return _caption_tiny(captioner, image, opts)
+
+
+def _caption_tiny(captioner, image: np.ndarray, opts: CaptionVisOptions) -> CaptionReport:
+    """The tiny captioner on ``image`` (RGB uint8, any size): its figures written into ``opts.output``."""
+    fc, att = tiny.tiny_features(tiny.load_tiny_backbone(), image)
+    result = captioner.caption(fc, att, beam_size=opts.beam_size)
+    side = tiny.TINY_IMAGE // tiny.TINY_CELL
+    files = write_caption_maps(image, result, FeatureLayout(grid=(side, side)), opts)
+    return CaptionReport(result.sentences[0], files, result)
+
+
 def demo_caption(output: str | Path = "attn_vis", device: str = "cpu", backend: str = "torch",
                  beam_size: int = 1, seed: int | None = None) -> CaptionReport:
     """``attnvis demo --caption``: the shipped tiny captioner on a held-out synthetic scene.
@@ -188,9 +215,6 @@ def demo_caption(output: str | Path = "attn_vis", device: str = "cpu", backend: 
     opts = CaptionVisOptions(output=Path(output), beam_size=beam_size, device=device, backend=backend)
     captioner = load_default_captioner(opts.backend, device=opts.device)  # first: a bad --device ends here
     scene = tiny.make_caption_scene(tiny.TINY_HELD_OUT_SEED + 7 if seed is None else seed)
-    fc, att = tiny.tiny_features(tiny.load_tiny_backbone(), scene.image)
-    result = captioner.caption(fc, att, beam_size=opts.beam_size)
-    side = tiny.TINY_IMAGE // tiny.TINY_CELL
-    files = write_caption_maps(scene.image, result, FeatureLayout(grid=(side, side)), opts)
-    files.append(render.write_image(Path(opts.output) / "scene.png", scene.image))
-    return CaptionReport(result.sentences[0], files, result)
+    report = _caption_tiny(captioner, scene.image, opts)
+    report.files.append(render.write_image(Path(opts.output) / "scene.png", scene.image))
+    return report

@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+#: The ``--model`` name of the embedded tiny AoANet captioner.
+DEFAULT_CAPTIONER = "default-captioner"
+
 #: ``model_type`` values of the captioners attnvis loads, and the class each names.
 CAPTIONER_TYPES = {"vision-encoder-decoder": "VisionEncoderDecoderModel", "blip": "BlipForConditionalGeneration"}
 

@@ -21,7 +21,7 @@ from attnvis.captioning import hf_decoding
 from attnvis.captioning.aoanet_images import DEFAULT_CAPTIONER, load_aoanet_images
 from attnvis.captioning.hf import HFCaptionModel, load_hf_captioner
 from attnvis.captioning.kinds import VLM_TYPES, is_captioner_dir, read_config
-from attnvis.captioning.inputs import as_images, check_beam_size
+from attnvis.captioning.inputs import as_images, check_beam_size, check_max_new_tokens
 from attnvis.captioning.result import ImageCaption
 from attnvis.errors import InputError
 
@@ -54,16 +54,20 @@ class HFCaptioner:
         Returns:
             One :class:`ImageCaption` per image, in order.
         """
-        check_beam_size(beam_size)
-        new = self.model.generation.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        if new < 1:
-            raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        check_beam_size(beam_size, self.vocab_size)
+        new = check_max_new_tokens(max_new_tokens) or self.model.generation.max_new_tokens
         arrays = as_images(images)
         if not arrays:
             return []
         pixel_values = self.model.pixel_values(arrays)
         rows, maps = self._decode(pixel_values, beam_size, new)
         return [self._result(r, m) for r, m in zip(rows, maps)]
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens the decoder chooses from: the largest beam size."""
+        head = self.model.model.get_output_embeddings()  # the decoder's scores: one per token it can choose
+        return int(getattr(head, "out_features", 0) or len(self.model.tokenizer))
 
     def _decode(self, pixel_values: torch.Tensor, beam_size: int, new: int):
         if self.backend == "torch":

@@ -120,6 +120,8 @@ def pair(text: str, flag: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
     except ValueError:
         raise InputError(f"{flag} {text!r} is not HxW, e.g. 224x320") from None
+    if h < 1 or w < 1:
+        raise InputError(f"{flag} {text}: both sides must be positive integers, e.g. 224x320")
     return h, w
 
 

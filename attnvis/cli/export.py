@@ -20,8 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--image-size", default=None, help="HxW input size for models with dynamic image size")
     p.add_argument("--grid", default=None, help="HxW patch grid for a factory model that does not declare it")
     p.add_argument("--prefix-tokens", type=int, default=0, help="tokens before the patches (with --grid)")
-    p.add_argument("--mean", default=None, help="R,G,B normalization mean, for an ONNX file made elsewhere (default 0,0,0)")
-    p.add_argument("--std", default=None, help="R,G,B normalization std, for an ONNX file made elsewhere (default 1,1,1)")
+    p.add_argument("--mean", default=None, help="R,G,B normalization mean, recorded in the export (default: the model's "
+                   "own; 0,0,0 for an ONNX file made elsewhere or a factory model that carries none)")
+    p.add_argument("--std", default=None, help="R,G,B normalization std, recorded in the export (default: the model's "
+                   "own; 1,1,1 for an ONNX file made elsewhere or a factory model that carries none)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="skip the ORT-vs-PyTorch check")
     p.add_argument("--explain", default=None, metavar="METHODS",
                    help="comma-separated explanation methods computed in the graph (forward + backward), one of: "
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     check("torch", "onnxscript", what="attnvis export")
     if args.fp16 and (args.format == "torchscript" or args.infos_path):
         raise InputError("--fp16 converts an ONNX export; it does not apply to --format torchscript or AoANet (--infos_path)")
+    tokens = _layout(args)
     if args.infos_path:
         from attnvis.captioning.export import export_aoanet
 
@@ -53,19 +56,18 @@ def run(args: argparse.Namespace) -> int:
         if args.explain:
             raise InputError(f"--explain: {args.model} is a captioner; explanations are for image classifiers")
         return run_captioner(args)
+    if tokens is None and args.prefix_tokens:
+        raise InputError(f"--prefix-tokens {args.prefix_tokens} needs --grid HxW: together they give a "
+                         "package.module:factory model's token layout")
     if args.explain:
         return run_explain(args)
     from attnvis.export import export_onnx, export_torchscript
-    from attnvis.metadata import TokenLayout
     from attnvis.sources import load_source
 
     _file_output(args.output)
-    tokens = None
-    if args.grid:
-        h, w = pair(args.grid, "--grid")
-        tokens = TokenLayout(prefix_tokens=args.prefix_tokens, grid=(h, w), cls_index=0 if args.prefix_tokens else None)
     source = load_source(args.model, weights=args.weights, random_weights=args.random_weights, input_shape=args.input_shape,
-                         image_size=pair(args.image_size, "--image-size") if args.image_size else None, tokens=tokens)
+                         image_size=pair(args.image_size, "--image-size") if args.image_size else None, tokens=tokens,
+                         mean=triple(args.mean, "--mean"), std=triple(args.std, "--std"))
     if args.format == "torchscript":
         path = export_torchscript(source, args.output or "model.pt", reduce=args.reduce)
         print(f"wrote {path} (TorchScript)")
@@ -102,7 +104,8 @@ def run_explain(args: argparse.Namespace) -> int:
                          "the relevance rows past the validation tolerance; export the explanation graph in fp32")
     _file_output(args.output)
     source = load_source(args.model, weights=args.weights, random_weights=args.random_weights,
-                         image_size=pair(args.image_size, "--image-size") if args.image_size else None)
+                         image_size=pair(args.image_size, "--image-size") if args.image_size else None,
+                         mean=triple(args.mean, "--mean"), std=triple(args.std, "--std"))
     report = export_explain(source, args.output or "model.onnx", methods,
                             Options(args.start_layer, args.discard_ratio), validate=args.validate)
     return _said(report, f", explain {','.join(methods)}")
@@ -119,6 +122,7 @@ def instrument(args: argparse.Namespace) -> int:
         raise InputError(f"--model {args.model} is an ONNX file: only --output, --reduce, --image-size, --grid, "
                          "--prefix-tokens, --mean, --std and --no-validate apply to it")
     defaults = ForeignOptions()
+    _layout(args)  # --grid / --prefix-tokens checked as for a PyTorch export
     options = ForeignOptions(
         image_size=pair(args.image_size, "--image-size") if args.image_size else None,
         grid=pair(args.grid, "--grid") if args.grid else None, prefix_tokens=args.prefix_tokens,
@@ -126,6 +130,22 @@ def instrument(args: argparse.Namespace) -> int:
         reduce=args.reduce)
     report = instrument_onnx(args.model, args.output or "model.onnx", options, validate=args.validate)
     return _said(report)
+
+
+def _layout(args: argparse.Namespace):
+    """The :class:`TokenLayout` that ``--grid`` and ``--prefix-tokens`` give (None without ``--grid``), checked."""
+    from attnvis.metadata import TokenLayout
+
+    if args.prefix_tokens < 0:
+        raise InputError(f"--prefix-tokens {args.prefix_tokens}: give the number of tokens before the patches "
+                         "(CLS, distillation, registers), 0 or more")
+    if (args.mean or args.std) and (args.infos_path or args.format == "torchscript"):
+        raise InputError("--mean/--std are recorded in an ONNX export's metadata; they do not apply to --format "
+                         "torchscript or AoANet (--infos_path)")
+    if not args.grid:
+        return None
+    h, w = pair(args.grid, "--grid")
+    return TokenLayout(prefix_tokens=args.prefix_tokens, grid=(h, w), cls_index=0 if args.prefix_tokens else None)
 
 
 def _file_output(output: str | None) -> None:
@@ -139,6 +159,9 @@ def run_captioner(args: argparse.Namespace) -> int:
     from attnvis.captioning.hf import load_hf_captioner
     from attnvis.captioning.hf_export import export_hf_captioner
 
+    if args.mean or args.std or args.grid:
+        raise InputError(f"--model {args.model} is a captioner: its encoder's preprocessing and layout come from its "
+                         "own configuration; leave out --mean, --std and --grid")
     model = load_hf_captioner(args.model, device="cpu")
     for path in export_hf_captioner(model, args.output or "captioner_onnx", validate=args.validate):
         print(f"wrote {path}")

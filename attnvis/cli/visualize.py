@@ -22,8 +22,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from attnvis.captioning.kinds import DEFAULT_CAPTIONER
+
     check_prompt(args)
-    if args.infos_path:
+    if args.infos_path or args.model == DEFAULT_CAPTIONER:
         return run_caption(args)
     from attnvis.captioning.kinds import is_captioner_dir
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_caption(args: argparse.Namespace, hf: bool = False) -> int:
-    from attnvis.captioning.figures import CaptionVisOptions, visualize_caption
+    from attnvis.captioning.figures import CaptionVisOptions, visualize_caption, visualize_default_caption
+    from attnvis.captioning.kinds import DEFAULT_CAPTIONER
     from attnvis.captioning.word_figures import visualize_hf_caption
 
     opts = CaptionVisOptions(
@@ -55,6 +58,8 @@ def run_caption(args: argparse.Namespace, hf: bool = False) -> int:
         prompt=args.prompt)
     if hf:
         report = visualize_hf_caption(args.image, args.model, opts)
+    elif args.model == DEFAULT_CAPTIONER:
+        report = visualize_default_caption(args.image, opts)
     else:
         report = visualize_caption(args.image, args.model, args.infos_path, opts)
     print(f"caption: {report.sentence!r}; wrote {len(report.files)} files to {opts.output}")

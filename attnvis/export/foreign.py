@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 from attnvis.errors import InputError, ModelError
 from attnvis.export._onnx_graph import Site, default_opset, find_sites, fused_contrib_nodes, softmax_axis_is_last
 from attnvis.export.report import MAP_TOLERANCE, OUTPUT_TOLERANCE, ExportReport, save_model
-from attnvis.metadata import PROP_PREFIX, REDUCTIONS, LayerInfo, ModelMetadata, Preprocess, TokenLayout
+from attnvis.metadata import PROP_PREFIX, REDUCTIONS, LayerInfo, ModelMetadata, Preprocess, TokenLayout, size2
 
 _PREFIX = "attnvis_"  # names of the tensors and nodes added here
 _INT64_MAX = np.iinfo(np.int64).max
@@ -71,9 +71,14 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as err:  # protobuf's DecodeError, OSError, ...: all mean "not a readable ONNX file"
         raise InputError(f"{path}: cannot read it as an ONNX model ({type(err).__name__}: {err})".splitlines()[0]) from None
+    if not model.graph.node:  # an empty file parses as an empty message: protobuf has no magic number
+        size = path.stat().st_size
+        raise InputError(f"{path} is not an ONNX file ({'it is empty, 0 bytes' if size == 0 else 'no graph in it'}); "
+                         "give the .onnx file your framework exported")
+    return model
 
 
 def has_attnvis_metadata(model: onnx.ModelProto) -> bool:
@@ -97,6 +102,7 @@ def image_input(model: onnx.ModelProto, path: Path, image_size: tuple[int, int] 
     if len(dims) != 4 or tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
         raise ModelError(f"{path}: input {inputs[0].name!r} is not a float (N, C, H, W) image tensor")
     static = (dims[2], dims[3]) if dims[2] and dims[3] else None
+    image_size = size2(image_size)
     if static and image_size and tuple(image_size) != static:
         raise InputError(f"--image-size {image_size[0]}x{image_size[1]} does not match the input's fixed size "
                          f"{static[0]}x{static[1]} in {path}")

@@ -318,6 +318,23 @@ class TinyViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
+def resize_positions(model: TinyViT, size: tuple[int, int]) -> TinyViT:
+    """``model`` made to take ``size`` (H, W) inputs, a multiple of its patch: in place, returned.
+
+    The patch position embeddings are resampled to the new grid as timm's
+    ``resample_abs_pos_embed`` does (bicubic, antialiased); the CLS position is kept.
+    """
+    patch, side = model.config.patch_size, model.config.grid
+    grid = (size[0] // patch, size[1] // patch)
+    cls, patches = model.pos_embed[:, :1], model.pos_embed[:, 1:]
+    patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, side, side)
+    with torch.no_grad():
+        patches = F.interpolate(patches, size=grid, mode="bicubic", antialias=True, align_corners=False)
+        resampled = torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)], dim=1)
+    model.pos_embed = nn.Parameter(resampled)
+    return model
+
+
 def preprocess(image: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> torch.Tensor:
     """RGB uint8 (H, W, 3) → normalised (1, 3, 96, 96) float32, as :data:`DEFAULT_PREPROCESS` says."""
     height, width = DEFAULT_PREPROCESS.size

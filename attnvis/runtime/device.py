@@ -117,6 +117,8 @@ def ort_session(path: str | Path, device: str = "auto", options=None, cuda_graph
     path = Path(path)
     if not path.is_file():
         raise InputError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is not an ONNX file (it is empty, 0 bytes); give a model made by 'attnvis export'")
     providers = ort_providers(device, cuda_graph)
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)

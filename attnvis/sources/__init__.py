@@ -10,7 +10,10 @@ runtime opens it directly. Each kind is one entry of
 
 from __future__ import annotations
 
-from attnvis.metadata import TokenLayout
+import math
+
+from attnvis.errors import InputError
+from attnvis.metadata import Preprocess, TokenLayout
 from attnvis.sources import factory, hf, timm, torchvision  # noqa: F401 - each registers its kind
 from attnvis.sources.base import ModelSource, parse_shape
 from attnvis.sources.factory import default_source, module_source
@@ -30,11 +33,16 @@ def load_source(
     image_size: tuple[int, int] | None = None,
     tokens: TokenLayout | None = None,
     random_weights: bool = False,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
 ) -> ModelSource:
     """Resolve a ``--model`` spec to a model in eval mode plus its layout.
 
     ``timm:NAME`` and ``torchvision:NAME`` need ``weights`` (a local file) or
     ``random_weights=True``: a model with random weights is never made silently.
+    ``mean``/``std`` replace the normalization the model carries (recorded in
+    its preprocessing); a model that carries none gets ``mean`` (default 0)
+    and ``std`` (default 1) at its input size.
 
     Raises:
         InputError: the spec names nothing that exists or can be imported.
@@ -42,5 +50,34 @@ def load_source(
     """
     spec = spec or "default"
     kind = find_source(spec, _ORDER)
-    return kind.load(spec, weights=weights, input_shape=input_shape, image_size=image_size, tokens=tokens,
-                     random_weights=random_weights)
+    _check_normalization(mean, std)
+    if tokens is not None and kind.name != "factory":
+        raise InputError(f"--grid/--prefix-tokens give a package.module:factory model's token layout; --model {spec} "
+                         "has its own (leave them out)")
+    source = kind.load(spec, weights=weights, input_shape=input_shape, image_size=image_size, tokens=tokens,
+                       random_weights=random_weights)
+    if mean is not None or std is not None:
+        source.preprocess = _normalized(source, mean, std)
+    return source
+
+
+def _check_normalization(mean, std) -> None:
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if values is not None and (len(values) != 3 or not all(math.isfinite(v) for v in values)):
+            raise InputError(f"{flag} {values} is not three finite numbers R,G,B")
+    if std is not None and min(std) <= 0:
+        raise InputError(f"--std {','.join(map(str, std))}: every value must be positive (images are divided by it)")
+
+
+def _normalized(source: ModelSource, mean, std) -> Preprocess:
+    """``source``'s preprocessing with ``mean``/``std`` where given."""
+    from dataclasses import replace
+
+    if source.preprocess is not None:
+        return replace(source.preprocess, mean=tuple(mean or source.preprocess.mean),
+                       std=tuple(std or source.preprocess.std))
+    inputs = source.example_inputs
+    if len(inputs) != 1 or inputs[0].dim() != 4:
+        raise InputError(f"--mean/--std normalize images; --model {source.name} does not take one (N, C, H, W) image "
+                         "input")
+    return Preprocess(size=tuple(inputs[0].shape[-2:]), mean=tuple(mean or (0.0,) * 3), std=tuple(std or (1.0,) * 3))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attnvis.errors import InputError, ModelError
-from attnvis.metadata import TokenLayout
+from attnvis.metadata import MAX_IMAGE_SIDE, TokenLayout, size2  # noqa: F401 - size2, MAX_IMAGE_SIDE: used by every loader
 from attnvis.sources.base import ModelSource
 
 _EXAMPLE_BATCH = 2  # batch 1 would let torch.export specialise the dynamic batch axis
@@ -20,14 +20,21 @@ def no_weights_error(spec: str) -> InputError:
                       "downloaded), or --random-weights to run it with random weights (tests, benchmarks)")
 
 
-def size2(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
-    """``224`` or ``(224, 320)`` → ``(224, 320)``; ``None`` stays ``None``."""
-    if image_size is None:
-        return None
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise InputError(f"image size {image_size!r} is not a positive int or (height, width)")
-    return size
+def check_patch_multiple(size: tuple[int, int], patch: int | tuple[int, int], what: str, multiple: bool = True) -> None:
+    """Refuse an input size that ``what``'s patch embedding cannot cut into whole patches, naming the smallest size.
+
+    Raises:
+        InputError: ``size`` is smaller than one patch, or (``multiple``) not a multiple of the patch.
+    """
+    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+    h, w = size
+    if h < ph or w < pw:
+        raise InputError(f"image size {h}x{w} is smaller than one patch of {what}: the smallest size is {ph}x{pw} "
+                         f"(sizes are multiples of {ph}x{pw})")
+    if multiple and (h % ph or w % pw):
+        near = (max(ph, round(h / ph) * ph), max(pw, round(w / pw) * pw))
+        raise InputError(f"image size {h}x{w} is not a multiple of {what}'s {ph}x{pw} patch; e.g. "
+                         f"--image-size {near[0]}x{near[1]}")
 
 
 def example_inputs(size: tuple[int, int]) -> tuple[torch.Tensor]:

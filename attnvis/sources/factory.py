@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from attnvis.errors import InputError, ModelError
-from attnvis.metadata import Preprocess, TokenLayout
+from attnvis.metadata import Preprocess, TokenLayout, size2
+from attnvis.sources._common import check_layout
 from attnvis.sources.base import ModelSource, parse_shape
 from attnvis.sources.registry import register_source
 
@@ -19,12 +20,22 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 @register_source("default", lambda spec: spec in ("", "default"))
-def default_source(spec: str = "default", **_) -> ModelSource:
-    """The embedded tiny ViT (:mod:`attnvis.models.tiny`)."""
-    from attnvis.models import tiny
+def default_source(spec: str = "default", *, image_size=None, **_) -> ModelSource:
+    """The embedded tiny ViT (:mod:`attnvis.models.tiny`); on ``image_size`` inputs (a multiple of its
+    8-pixel patch) its position embeddings are resampled to the new grid."""
+    from dataclasses import replace
 
-    pre = tiny.DEFAULT_PREPROCESS
-    return ModelSource(tiny.load_default_model(), (torch.zeros(2, 3, *pre.size),), tiny.DEFAULT_TOKENS, pre, "default",
+    from attnvis.models import tiny
+    from attnvis.sources._common import check_patch_multiple, size2
+
+    model, pre, tokens = tiny.load_default_model(), tiny.DEFAULT_PREPROCESS, tiny.DEFAULT_TOKENS
+    size = size2(image_size)
+    if size is not None and size != pre.size:
+        patch = model.config.patch_size
+        check_patch_multiple(size, patch, "the default model")
+        model = tiny.resize_positions(model, size)
+        pre, tokens = replace(pre, size=size), replace(tokens, grid=(size[0] // patch, size[1] // patch))
+    return ModelSource(model, (torch.zeros(2, 3, *pre.size),), tokens, pre, "default",
                        extra={"classes": list(tiny.CLASSES)})
 
 
@@ -58,8 +69,12 @@ def _checkpoint_is_no_source(spec: str, **_) -> ModelSource:
 
 @register_source("factory", lambda spec: ":" in spec and not spec.startswith(":"))
 def factory_source(spec: str, *, input_shape: str | None = None, tokens: TokenLayout | None = None,
-                   **_) -> ModelSource:
-    """``package.module:factory``: any ``nn.Module`` built by a function; needs ``input_shape``."""
+                   image_size=None, **_) -> ModelSource:
+    """``package.module:factory``: any ``nn.Module`` built by a function; needs ``input_shape``.
+
+    An image model's preprocessing is the one it carries (:func:`carried_preprocess`); a layout
+    given as ``tokens`` (or ``model.attnvis_tokens``) is checked against the model's key lengths.
+    """
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -67,14 +82,53 @@ def factory_source(spec: str, *, input_shape: str | None = None, tokens: TokenLa
         raise InputError(f"--model {spec!r}: cannot import {attr!r} from {module_name!r} ({err})") from None
     if input_shape is None:
         raise InputError(f"--model {spec!r} needs --input-shape B,C,H,W (images) or B,N,D (token sequences)")
+    shape = parse_shape(input_shape)
+    size = size2(image_size)
+    if size is not None and (len(shape) != 4 or size != shape[2:]):
+        raise InputError(f"--image-size {size[0]}x{size[1]} does not apply to --model {spec}: a factory model's input "
+                         f"size is its --input-shape ({input_shape}); give B,C,H,W there")
+    if len(shape) == 4:
+        size2(shape[2:])  # the same bound as --image-size
     model = factory()
     if not isinstance(model, nn.Module):
         raise ModelError(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
-    shape = parse_shape(input_shape)
     example = (torch.randn(max(shape[0], 2), *shape[1:]),)
     tokens = tokens or getattr(model, "attnvis_tokens", None) or TokenLayout(kind="sequence")
     name = "input" if len(shape) == 3 else "pixel_values"
-    return ModelSource(model.eval(), example, tokens, None, spec, name)
+    pre = carried_preprocess(model, shape[2:]) if len(shape) == 4 else None
+    source = ModelSource(model.eval(), example, tokens, pre, spec, name)
+    if tokens.kind == "grid" and tokens.grid is not None:
+        check_layout(source)  # a --grid / --prefix-tokens that does not fit is said here, not when rendering
+    return source
+
+
+def carried_preprocess(model: nn.Module, size: tuple[int, int]) -> Preprocess | None:
+    """The preprocessing a model object carries, for ``size`` inputs; None when it carries none.
+
+    ``model.attnvis_preprocess``; a timm model's ``pretrained_cfg`` (mean, std, interpolation,
+    crop); a Hugging Face model's ``preprocessor_config.json`` beside its weights (else
+    transformers' default 0.5/0.5); a torchvision model's ImageNet normalization.
+    """
+    from dataclasses import replace
+
+    kind = type(model).__module__.split(".")[0]
+    declared = getattr(model, "attnvis_preprocess", None)
+    if declared is not None:
+        return replace(declared, size=tuple(size))
+    if kind == "timm":
+        from attnvis.sources.timm import timm_preprocess
+
+        return timm_preprocess(model, tuple(size))
+    if kind == "transformers":
+        from attnvis.sources.hf import hf_preprocess
+
+        folder = Path(str(getattr(getattr(model, "config", None), "_name_or_path", "") or "."))
+        if (folder / "preprocessor_config.json").is_file():
+            return hf_preprocess(folder, tuple(size), tuple(size))
+        return Preprocess(size=tuple(size), mean=(0.5,) * 3, std=(0.5,) * 3)
+    if kind == "torchvision":
+        return Preprocess(size=tuple(size), mean=_IMAGENET[0], std=_IMAGENET[1], resize_short=True, crop_pct=0.875)
+    return None
 
 
 def _square(size) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from torch import nn
 from attnvis._optional import require
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import Preprocess, TokenLayout
-from attnvis.sources._common import check_layout, conv_grid, example_inputs, prefix_layout, size2
+from attnvis.sources._common import check_layout, check_patch_multiple, conv_grid, example_inputs, prefix_layout, size2
 from attnvis.sources.base import ModelSource
 from attnvis.sources.registry import register_source
 from attnvis.sources.windows import hf_swin_layouts
@@ -68,10 +68,17 @@ def load_hf(path: str | Path, image_size: int | tuple[int, int] | None = None) -
     model = _hf_model(path, config)
     vision = getattr(model.config, "vision_config", model.config)
     what = f"Hugging Face model {path} ({type(model).__name__})"
-    pre = hf_preprocess(path, size2(getattr(vision, "image_size", 224)), image_size)
-    if pre.size != size2(getattr(vision, "image_size", 224)) and _takes_interpolate(model):
+    trained = size2(getattr(vision, "image_size", 224))
+    pre = hf_preprocess(path, trained, image_size)
+    if image_size is not None and getattr(vision, "patch_size", None):
+        check_patch_multiple(pre.size, vision.patch_size, what, multiple=False)  # the patch conv floors the rest
+    windowed = config.model_type in HF_WINDOWED_TYPES
+    if pre.size != trained and _takes_interpolate(model):
         model = _Interpolating(model)
-    tokens = _windowed_layout(config, pre.size) if config.model_type in HF_WINDOWED_TYPES else hf_layout(model, pre.size, what)
+    elif pre.size != trained and image_size is not None and not windowed:
+        raise InputError(f"{what} takes only {trained[0]}x{trained[1]} inputs (it cannot interpolate its position "
+                         f"embeddings); leave --image-size out or give {trained[0]}x{trained[1]}")
+    tokens = _windowed_layout(config, pre.size) if windowed else hf_layout(model, pre.size, what)
     source = ModelSource(model.eval(), example_inputs(pre.size), tokens, pre, str(path))
     check_layout(source)
     return source

@@ -11,8 +11,8 @@ from attnvis._optional import require
 from attnvis.capture.adapters.windows import has_window_blocks
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import Preprocess, TokenLayout
-from attnvis.sources._common import (check_layout, conv_grid, example_inputs, load_weights, no_weights_error,
-                                     prefix_layout, read_state_dict, reject_windowed, size2)
+from attnvis.sources._common import (check_layout, check_patch_multiple, conv_grid, example_inputs, load_weights,
+                                     no_weights_error, prefix_layout, read_state_dict, reject_windowed, size2)
 from attnvis.sources.base import ModelSource
 from attnvis.sources.registry import register_source
 
@@ -49,6 +49,8 @@ def load_timm(name: str, weights: str | None = None, image_size: int | tuple[int
     model = _create_timm(timm, name, size)
     what = f"timm model {name!r} ({type(model).__name__})"
     reject_windowed(model, what)
+    if size is not None and getattr(getattr(model, "patch_embed", None), "patch_size", None) is not None:
+        check_patch_multiple(size, model.patch_embed.patch_size, f"timm:{name}")
     if weights is not None:
         state = read_state_dict(weights)
         load_weights(model, _timm_filter(model, state), what)
@@ -67,7 +69,12 @@ def _create_timm(timm, name: str, size: tuple[int, int] | None) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=False, dynamic_img_size=True)
     except TypeError:  # the architecture has no dynamic size: build it for this size instead
+        pass
+    try:
         return timm.create_model(name, pretrained=False, img_size=size)
+    except (AssertionError, RuntimeError, ValueError) as err:  # timm asserts on sizes its layers cannot cut
+        raise InputError(f"timm:{name} cannot be built for {size[0]}x{size[1]} inputs ({str(err).splitlines()[0]}); "
+                         f"give another --image-size, e.g. its default {default[0]}x{default[1]}") from None
 
 
 def _timm_filter(model: nn.Module, state: dict) -> dict:

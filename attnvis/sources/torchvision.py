@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from attnvis._optional import require
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import Preprocess, TokenLayout
-from attnvis.sources._common import (check_layout, conv_grid, example_inputs, load_weights, no_weights_error,
-                                     prefix_layout, read_state_dict, reject_windowed, size2)
+from attnvis.sources._common import (check_layout, check_patch_multiple, conv_grid, example_inputs, load_weights,
+                                     no_weights_error, prefix_layout, read_state_dict, reject_windowed, size2)
 from attnvis.sources.base import ModelSource
 from attnvis.sources.registry import register_source
 
@@ -44,6 +46,9 @@ def load_torchvision(name: str, weights: str | None = None,
         return load_torchvision_swin(name, weights, size)
     if size is not None and size[0] != size[1]:
         raise InputError(f"torchvision ViTs take square inputs; got image size {size[0]}x{size[1]}")
+    patch = re.search(r"_(\d+)$", name)  # vit_b_16: 16-pixel patches
+    if size is not None and patch:
+        check_patch_multiple(size, int(patch.group(1)), f"torchvision:{name}")
     model = models.get_model(name, weights=None, **({} if size is None else {"image_size": size[0]}))
     what = f"torchvision model {name!r} ({type(model).__name__})"
     reject_windowed(model, what)
