@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     check("torch", "onnxscript", what="attnvis export")
     if args.fp16 and (args.format == "torchscript" or args.infos_path):
         raise InputError("--fp16 converts an ONNX export; it does not apply to --format torchscript or AoANet (--infos_path)")
+    if (args.mean or args.std) and (args.infos_path or args.format == "torchscript"):
+        raise InputError("--mean/--std are recorded in an ONNX export's metadata; they do not apply to --format "
+                         "torchscript or AoANet (--infos_path)")
     tokens = _layout(args)
     if args.infos_path:
         from attnvis.captioning.export import export_aoanet
@@ -139,9 +142,6 @@ def _layout(args: argparse.Namespace):
     if args.prefix_tokens < 0:
         raise InputError(f"--prefix-tokens {args.prefix_tokens}: give the number of tokens before the patches "
                          "(CLS, distillation, registers), 0 or more")
-    if (args.mean or args.std) and (args.infos_path or args.format == "torchscript"):
-        raise InputError("--mean/--std are recorded in an ONNX export's metadata; they do not apply to --format "
-                         "torchscript or AoANet (--infos_path)")
     if not args.grid:
         return None
     h, w = pair(args.grid, "--grid")
