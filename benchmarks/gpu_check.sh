@@ -188,7 +188,7 @@ row = {"variant": variant, "batch": int(batch), "save": save, "images": int(imag
        "images_per_s": float(m.group(4)) if m and int(rc) == 0 else None,  # the summary's: images / processing time
        "seconds": float(m.group(3)) if m else None, "failed": int(m.group(2)) if m else None,
        "cores_busy": float(m.group(5)) if m else None, "wall_seconds": round(float(end) - float(start), 2),
-       "notes": [line for line in out.splitlines() if line.startswith(("decode:", "render:", "maps:", "batch:"))],
+       "notes": [line for line in out.splitlines() if line.startswith(("model:", "decode:", "render:", "maps:", "batch:"))],
        "error": None if int(rc) == 0 else f"rc={rc}: " + (out.strip().splitlines() or ["no output"])[-1],
        "note": "images_per_s: images over the run's processing time (first decode to last manifest line); "
                "wall_seconds adds the start-up (session, kernels)"}

@@ -175,7 +175,10 @@ def for_run(session, plan, backend: str = "ort"):
     render, render_why = _cuda_render(plan)
     plan = replace(plan, renderer="cuda") if render else plan
     feed = DeviceFeed(plan, TORCH_DEVICE, nvjpeg, image_on_device=render) if usable else None
-    notes = [] if usable else [f"decode: on the CPU threads, not nvJPEG: {why}"]
+    providers = getattr(session, "providers", None)  # what ORT actually runs, not what was asked for
+    notes = [f"model: ONNX Runtime, providers used: {', '.join(providers)}" if providers else f"model: {backend} on cuda"]
+    if not usable:
+        notes.append(f"decode: on the CPU threads, not nvJPEG: {why}")
     reduce, reduce_why = reducible(plan)
     if feed is not None and reduce:
         feed.reduce_maps = True

@@ -54,6 +54,7 @@ def test_the_cuda_branch_equals_the_cpu_run_with_full_maps(tiny_batch_model, tmp
         assert line in out, out
     assert "render: on the GPU (numba-cuda)" in out and "JPEG(s) nvJPEG refused" in out
     assert "full maps reduced on the GPU to each head's query row and the rollout row" in out
+    assert "model: ONNX Runtime, providers used: CPUExecutionProvider" in out  # the stand-in's: what ORT ran
 
 
 @pytest.fixture(scope="module")

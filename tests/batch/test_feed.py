@@ -116,15 +116,16 @@ def test_the_gpu_side_says_what_runs_where_and_why(meta, monkeypatch):
     monkeypatch.setattr(gpu, "cuda_render_usable", lambda: False)
     got, plan, notes = _for_run(meta)
     assert got is not None and got.reduce_maps and plan.renderer == "cpu"
+    assert notes.pop(0) == "model: ort on cuda"  # a session without ORT's providers list (this stand-in)
     assert notes[0].startswith("maps: full maps reduced on the GPU to each head's query row, copied")
     assert notes[1].startswith("render: on the CPU threads (numba-cuda is not installed or sees no GPU")
-    got, _, notes = _for_run(meta, save="maps")
+    got, _, (_, *notes) = _for_run(meta, save="maps")
     assert "and the rollout row" in notes[0] and "draws only the gallery's thumbnails" in notes[1]
-    got, _, notes = _for_run(meta, save_raw=True)
+    got, _, (_, *notes) = _for_run(meta, save_raw=True)
     assert not got.reduce_maps and notes[0] == "maps: full maps copied to the host (--save-raw writes the full maps)"
-    got, _, notes = _for_run(meta, backend="torch")
+    got, _, (_, *notes) = _for_run(meta, backend="torch")
     assert got is None and notes[0] == "decode: on the CPU threads, not nvJPEG: the torch backend reads host arrays"
     monkeypatch.setattr(feed, "gpu_decode_usable", lambda: (False, "PyTorch sees no CUDA device"))
-    got, _, notes = _for_run(meta)
+    got, _, (_, *notes) = _for_run(meta)
     assert got is None and notes[:2] == ["decode: on the CPU threads, not nvJPEG: PyTorch sees no CUDA device",
                                          "maps: full maps copied to the host (PyTorch sees no CUDA device)"]
