@@ -150,3 +150,19 @@ def test_unsupported_model_type_names_what_was_found(tmp_path):
 def test_a_directory_without_config_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not a Hugging Face model directory \\(no config.json\\)"):
         zoo.load_hf(tmp_path)
+
+
+@pytest.mark.parametrize("size, needle", [((4, 4), "the smallest size is 8x8"),
+                                          ((32, 100_000), "4096 pixels a side")])
+def test_image_size_below_a_patch_or_past_the_bound_is_one_line(tmp_path, size, needle):
+    save_model("vit", tmp_path / "model")
+    with pytest.raises(InputError, match=needle) as err:
+        zoo.load_hf(tmp_path / "model", image_size=size)
+    assert "\n" not in str(err.value)
+
+
+def test_image_size_on_a_model_that_cannot_interpolate_is_refused(tmp_path, monkeypatch):
+    save_model("vit", tmp_path / "model")
+    monkeypatch.setattr(zoo, "_takes_interpolate", lambda model: False)
+    with pytest.raises(InputError, match="takes only 32x32 inputs"):
+        zoo.load_hf(tmp_path / "model", image_size=(32, 48))
