@@ -192,6 +192,38 @@ def test_factory_timm_model_records_its_own_preprocessing_and_the_flags_override
     assert recorded.mean == (0.1, 0.2, 0.3) and recorded.std == pytest.approx(oracle["std"])
 
 
+def test_factory_hf_and_torchvision_models_record_their_own_normalization(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    torchvision = pytest.importorskip("torchvision")
+    from attnvis.sources import load_source
+
+    hf_dir = tmp_path / "hf-vit"
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8)
+    transformers.ViTModel(config).save_pretrained(hf_dir)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.1, 0.2, 0.3],
+                                   image_std=[0.3, 0.2, 0.1]).save_pretrained(hf_dir)
+    (tmp_path / "more_factories.py").write_text(textwrap.dedent(f'''
+        def hf_vit():
+            import transformers
+
+            return transformers.ViTModel.from_pretrained({str(hf_dir)!r}, attn_implementation="eager")
+
+
+        def tv_vit():
+            from torchvision.models.vision_transformer import VisionTransformer
+
+            return VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    processor = transformers.AutoImageProcessor.from_pretrained(hf_dir)  # the library's own reading of the folder
+    pre = load_source("more_factories:hf_vit", input_shape="1,3,32,32").preprocess
+    assert pre.mean == pytest.approx(processor.image_mean) and pre.std == pytest.approx(processor.image_std)
+    imagenet = torchvision.models.ViT_B_16_Weights.DEFAULT.transforms()
+    pre = load_source("more_factories:tv_vit", input_shape="1,3,32,32").preprocess
+    assert pre.mean == pytest.approx(imagenet.mean) and pre.std == pytest.approx(imagenet.std)
+
+
 def test_mean_std_on_a_sequence_model_is_refused(tmp_path, capsys):
     code = main(["export", "--model", "torch.nn:Identity", "--input-shape", "1,4,8", "--mean", "0,0,0",
                  "--output", str(tmp_path / "m.onnx")])
