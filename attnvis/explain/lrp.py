@@ -119,17 +119,28 @@ def _timm_like(model: nn.Module) -> Anatomy:
     return Anatomy(blocks, model.norm, model.head)
 
 
+def _hf_layer(layer: nn.Module) -> tuple[list[nn.Linear], nn.Linear, nn.Linear, Callable, nn.Linear, int]:
+    """(q, k, v), output, fc1, activation, fc2, heads of a ViTLayer, Transformers 4 or 5 layout."""
+    attn = layer.attention
+    if hasattr(attn, "q_proj"):  # Transformers 5
+        heads = attn.config.num_attention_heads
+        return [attn.q_proj, attn.k_proj, attn.v_proj], attn.o_proj, layer.mlp.fc1, layer.mlp.activation_fn, \
+            layer.mlp.fc2, heads
+    inner = attn.attention
+    return [inner.query, inner.key, inner.value], attn.output.dense, layer.intermediate.dense, \
+        layer.intermediate.intermediate_act_fn, layer.output.dense, inner.num_attention_heads
+
+
 def _hf_vit(model: nn.Module) -> Anatomy:
     """Hugging Face ``ViTForImageClassification``."""
+    encoder = model.vit.encoder if hasattr(model.vit, "encoder") else model.vit
     blocks = []
-    for layer in model.vit.encoder.layer:
-        attn = layer.attention.attention
-        weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight])
-        bias = None if attn.query.bias is None else torch.cat([attn.query.bias, attn.key.bias, attn.value.bias])
-        blocks.append(BlockParts(layer, layer.layernorm_before, (weight, bias), _wb(layer.attention.output.dense),
-                                 layer.layernorm_after, _wb(layer.intermediate.dense),
-                                 layer.intermediate.intermediate_act_fn, _wb(layer.output.dense),
-                                 attn.num_attention_heads))
+    for layer in getattr(encoder, "layer", None) or encoder.layers:
+        qkv, out, fc1, act, fc2, heads = _hf_layer(layer)
+        weight = torch.cat([m.weight for m in qkv])
+        bias = None if qkv[0].bias is None else torch.cat([m.bias for m in qkv])
+        blocks.append(BlockParts(layer, layer.layernorm_before, (weight, bias), _wb(out), layer.layernorm_after,
+                                 _wb(fc1), act, _wb(fc2), heads))
     return Anatomy(blocks, model.vit.layernorm, model.classifier)
 
 

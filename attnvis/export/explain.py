@@ -31,6 +31,9 @@ from attnvis.export.report import OUTPUT_TOLERANCE, ExportReport, save_model
 TARGET = "target"
 #: A relevance row must equal eager PyTorch within this share of its largest magnitude.
 RELEVANCE_TOLERANCE = 1e-4
+#: LRP (transformer-attribution) divides by pre-activations near zero (``safe_divide`` only keeps them off
+#: zero), which amplifies float32 rounding: ORT and PyTorch order their sums differently, ~1e-4 of the map apart.
+LRP_TOLERANCE = 1e-3
 
 
 def check_explainable(source: ModelSource, meta: ModelMetadata) -> None:
@@ -172,7 +175,8 @@ def compare_explain(path: Path, source: ModelSource, meta: ModelMetadata) -> lis
     rows = []
     for name, g, w in zip(explain_outputs(meta), got, want):
         scale = float(np.max(np.abs(w))) if w.size else 0.0
-        tol = RELEVANCE_TOLERANCE * max(scale, 1e-6) if name.startswith("relevance_") else OUTPUT_TOLERANCE
+        share = LRP_TOLERANCE if name == relevance_output("transformer-attribution") else RELEVANCE_TOLERANCE
+        tol = share * max(scale, 1e-6) if name.startswith("relevance_") else OUTPUT_TOLERANCE
         rows.append((name, float(np.max(np.abs(g - w))) if g.size else 0.0, tol))
     return rows
 

@@ -69,7 +69,8 @@ def test_batched_ort_equals_eager_torch_per_image(exported):
         np.testing.assert_allclose(got[0][b], outputs[0][1][0].numpy(), atol=1e-5)
         for i, method in enumerate(ALL, start=1):
             want = relevance[method][0].numpy()
-            assert np.abs(got[i][b] - want).max() <= 1e-5 * np.abs(want).max() + 1e-7, (method, b)
+            share = 1e-3 if method == "transformer-attribution" else 1e-5  # LRP: see LRP_TOLERANCE
+            assert np.abs(got[i][b] - want).max() <= share * np.abs(want).max() + 1e-7, (method, b)
 
 
 def test_target_changes_class_specific_maps(exported):
