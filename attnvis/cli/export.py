@@ -103,8 +103,9 @@ def run_explain(args: argparse.Namespace) -> int:
         raise InputError("--reduce shapes attention outputs; an --explain graph outputs relevance rows "
                          "([B, patches], already reduced in the graph) and no maps: drop --reduce")
     if args.fp16:
-        raise InputError("--fp16 does not combine with --explain: the backward pass in half precision moves "
-                         "the relevance rows past the validation tolerance; export the explanation graph in fp32")
+        raise InputError("--fp16 does not combine with --explain: ONNX Runtime's fp16 converter turns the traced "
+                         "backward pass into an invalid graph (duplicate node names); export the explanation graph "
+                         "in fp32")
     _file_output(args.output)
     source = load_source(args.model, weights=args.weights, random_weights=args.random_weights,
                          image_size=pair(args.image_size, "--image-size") if args.image_size else None,
