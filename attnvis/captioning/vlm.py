@@ -81,7 +81,7 @@ class VLMModel:
         text = self.prompt_text(prompt)
         try:
             out = self.processor(images=[[im] for im in images], text=[text] * len(images), return_tensors="pt",
-                                 padding=True, padding_side="left")
+                                 padding=True, padding_side="left", input_data_format="channels_last")
         except (ValueError, TypeError, RuntimeError, KeyError, IndexError) as err:
             raise InputError(f"{self.path}: its processor refused the image(s): {str(err).splitlines()[0]}") from None
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}

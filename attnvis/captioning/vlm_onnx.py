@@ -72,27 +72,36 @@ def onnx_vlm_backend(m, device: str = "auto") -> OnnxVLM:
     from attnvis.captioning.hf_export import export_key
     from attnvis.runtime.loader import cache_dir
 
-    if m.kind != "llava":
-        raise InputError(f"{m.path}: the onnx backend covers LLaVA among the vision-language models, not "
-                         f"{m.kind}; use backend='torch' (--backend torch)")
     out = cache_dir() / "vlms" / export_key(m.path)
     if not all((out / f).is_file() for f in (VISION_FILE, STEP_FILE, EMBED_FILE)):
-        pixels = m.inputs([np.zeros((32, 32, 3), np.uint8)], "x")["pixel_values"]
-        _export_atomically(m, tuple(pixels.shape[-2:]), out)
+        export_vlm(m, out)
     return OnnxVLM(out, device)
 
 
-def _export_atomically(m, shape: tuple[int, int], out: Path) -> None:
+def export_vlm(m, output_dir: str | Path) -> list[Path]:
+    """Write a LLaVA model's ``vision.onnx``, ``decoder_step.onnx`` and ``embed_tokens.npy`` into ``output_dir``
+    (validated; written to a temporary folder beside it first, so nothing half-written is left).
+
+    Raises:
+        InputError: a family the onnx backend does not cover.
+        ModelError: an unsupported language model, or validation past tolerance.
+    """
     import shutil
     import tempfile
 
+    if m.kind != "llava":
+        raise InputError(f"{m.path}: the onnx backend covers LLaVA among the vision-language models, not "
+                         f"{m.kind}; use backend='torch' (--backend torch)")
+    out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
+    shape = tuple(m.inputs([np.zeros((32, 32, 3), np.uint8)], "x")["pixel_values"].shape[-2:])
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     device = m.device
     try:
-        export_llava(m.model, shape, tmp, str(m.path))
+        paths = export_llava(m.model, shape, tmp, str(m.path))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     finally:
         m.model.to(device)
         shutil.rmtree(tmp, ignore_errors=True)
+    return [out / p.name for p in paths]

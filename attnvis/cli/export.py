@@ -159,10 +159,18 @@ def run_captioner(args: argparse.Namespace) -> int:
     """A Hugging Face captioner directory → ``encoder.onnx`` + ``decoder_step.onnx`` (KV cache, maps as outputs)."""
     from attnvis.captioning.hf import load_hf_captioner
     from attnvis.captioning.hf_export import export_hf_captioner
+    from attnvis.captioning.kinds import is_vlm_dir
 
     if args.mean or args.std or args.grid:
         raise InputError(f"--model {args.model} is a captioner: its encoder's preprocessing and layout come from its "
                          "own configuration; leave out --mean, --std and --grid")
+    if is_vlm_dir(args.model):  # LLaVA: vision.onnx + decoder_step.onnx (rows as outputs) + embed_tokens.npy
+        from attnvis.captioning.vlm import load_vlm
+        from attnvis.captioning.vlm_onnx import export_vlm
+
+        for path in export_vlm(load_vlm(args.model, device="cpu"), args.output or "vlm_onnx"):
+            print(f"wrote {path}")
+        return 0
     model = load_hf_captioner(args.model, device="cpu")
     for path in export_hf_captioner(model, args.output or "captioner_onnx", validate=args.validate):
         print(f"wrote {path}")

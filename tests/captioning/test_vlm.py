@@ -324,3 +324,14 @@ def test_idefics3_tiles_lie_where_the_processor_cut_them(captioners):
     tiles_part = heat[:, :48].astype(int).sum(-1)
     y, x = np.unravel_index(np.argmax(tiles_part), tiles_part.shape)
     assert 24 <= x < 48 and y < 20
+
+
+def test_export_cli_of_a_vlm(dirs, tmp_path, capsys):
+    """``attnvis export --model LLAVA_DIR``: the two graphs and the embeddings; another family: one line."""
+    from attnvis.cli import main
+
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", dirs["llava"], "--output", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"vision.onnx", "decoder_step.onnx", "embed_tokens.npy"}
+    assert main(["export", "--model", dirs["qwen2_vl"], "--output", str(tmp_path / "q")]) != 0
+    assert "onnx backend covers LLaVA" in capsys.readouterr().err and not (tmp_path / "q").exists()
