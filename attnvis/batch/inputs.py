@@ -5,10 +5,18 @@ with one path per line, or image files. Each image becomes an :class:`Item`
 whose ``key`` is its path relative to the common root of all inputs, so the
 output tree mirrors the input tree and equal file names in different folders
 never collide (``out/a/cat.jpg/`` and ``out/b/cat.jpg/``).
+
+Files are told apart by their real path (symlinks resolved): a file reached
+twice, through a symlink or two arguments, is read once, and the output
+folder is left out however it is reached. Folders are walked without
+following symlinked folders; a glob's ``**`` follows them, as ``glob`` does,
+but enters each real folder once, so a link that leads back up
+(``dir/loop -> .``) adds nothing.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from dataclasses import dataclass
@@ -41,12 +49,57 @@ def _is_image_name(path: str) -> bool:
 
 
 def _walk(folder: Path, exclude: str) -> list[str]:
-    """Image files under ``folder``, recursively; hidden entries, symlinked folders and ``exclude`` are skipped."""
+    """Image files under ``folder``, recursively; hidden entries, symlinked folders and ``exclude`` (a real path) are skipped."""
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.abspath(os.path.join(root, d)) != exclude]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != exclude]
         found.extend(os.path.join(root, f) for f in files if not f.startswith(".") and _is_image_name(f))
     return found
+
+
+def _glob(pattern: str, exclude: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``'s image files, entering each real folder once.
+
+    ``glob`` follows symlinked folders under ``**`` without end: with ``dir/loop -> .``
+    it lists every file again at each of ~40 levels (2 such links: 2^40). Here ``**``
+    is matched against a walk that follows a symlinked folder only into a real
+    folder not walked yet, and never into ``exclude``.
+    """
+    if "**" not in Path(pattern).parts:
+        return [f for f in glob.glob(pattern) if os.path.isfile(f) and _is_image_name(f)]
+    parts = Path(pattern).parts
+    first = next(i for i, p in enumerate(parts) if glob.has_magic(p))
+    root, wanted = Path(*parts[:first]) if first else Path("."), parts[first:]
+    hidden = any(part.startswith(".") for part in wanted)
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen or real == exclude:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted((d for d in dirs if hidden or not d.startswith(".")),  # real folders before links to them
+                         key=lambda d: (os.path.islink(os.path.join(folder, d)), d))
+        rel = Path(os.path.relpath(folder, root)).parts if folder != str(root) else ()
+        found.extend(os.path.join(folder, f) for f in files
+                     if _is_image_name(f) and _match((*rel, f), wanted))
+    return found
+
+
+def _match(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether path ``parts`` match glob ``pattern`` parts as ``glob.glob(recursive=True)`` would.
+
+    ``**`` matches zero or more folders; no wildcard matches a name starting with ``.`` unless its pattern does.
+    """
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match(parts[i:], rest) for i in range(len(parts) + 1)
+                   if not any(p.startswith(".") for p in parts[:i]))
+    if not parts or (parts[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatch(parts[0], head) and _match(parts[1:], rest)
 
 
 def _glob_root(pattern: str) -> Path:
@@ -77,8 +130,7 @@ def _expand(spec: str, exclude: str) -> tuple[list[str], list[str]]:
     if path.is_file() or (not glob.has_magic(spec) and path.suffix):
         return [spec], [str(path.parent)]  # a missing explicit file is recorded as failed
     if glob.has_magic(spec):
-        files = [f for f in glob.glob(spec, recursive=True) if os.path.isfile(f) and _is_image_name(f)]
-        return files, [str(_glob_root(spec))]
+        return _glob(spec, exclude), [str(_glob_root(spec))]
     raise InputError(f"input {spec!r} is not a folder, an image, a glob or a list file (.txt with one path per line)")
 
 
@@ -102,19 +154,38 @@ def discover(inputs: list[str], exclude: str | os.PathLike | None = None) -> lis
         InputError: an argument matches nothing usable, or no image was found at all.
     """
     files, roots = [], []
-    skip = os.path.abspath(exclude) if exclude is not None else "\0"
+    skip = os.path.realpath(exclude) if exclude is not None else "\0"
+    real = _RealPaths()
     for spec in inputs:
         found, spec_roots = _expand(spec, skip)
-        found = [f for f in found if not os.path.abspath(f).startswith(skip + os.sep)]
+        found = [f for f in found if not real(f).startswith(skip + os.sep)]
         if not found:
             raise InputError(f"input {spec!r} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files.extend(found)
         roots.extend(spec_roots)
     root = _common_root(roots)
-    items = {}
+    items: dict[str, Item] = {}
     for f in files:
         absolute = os.path.abspath(f)
-        items.setdefault(absolute, Item(absolute, Path(os.path.relpath(absolute, root)).as_posix()))
+        item = Item(absolute, Path(os.path.relpath(absolute, root)).as_posix())
+        first = items.setdefault(real(f), item)  # one file reached twice (a symlink, two arguments): read once
+        if item.key < first.key:
+            items[real(f)] = item  # whichever the order of the arguments and of the walk
     if not items:
         raise InputError("no input images: give folders, globs, list files or image files")
     return sorted(items.values(), key=lambda item: item.key)
+
+
+class _RealPaths:
+    """``os.path.realpath`` of files, one folder's resolution shared by its files (a million files: one lstat each)."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        folder, name = os.path.split(os.path.abspath(path))
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        return os.path.join(self._folders[folder], name)

@@ -92,7 +92,8 @@ class LocalEngine:
                     self._submit_renders(pool, batch, rendering, sink, in_flight)
                 while rendering:
                     sink(rendering.popleft().result())
-                if self.split is not None and self.split.note:
+                if self.split is not None:
+                    self.split.finish()
                     self.notes.append(self.split.note)
                 if self.feed is not None:
                     self.notes.append(self.feed.note())

@@ -264,7 +264,7 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's tqdm bar counts records instead
         context.print_on_execution_start = False
-        batch_size = batch_size_for(config.batch_size, "cuda" if self.gpus else "cpu")
+        batch_size = min(batch_size_for(config.batch_size, "cuda" if self.gpus else "cpu"), len(items))  # padded to it
         rows = ray.data.from_items([{"path": item.path, "key": item.key} for item in items])
         tasks = {"num_cpus": 1, "concurrency": config.workers}  # Ray Data retries tasks: max_retries=-1
         decoded = rows.map_batches(decode_batch, batch_format="pyarrow", batch_size=batch_size,

@@ -193,7 +193,7 @@ def _run_locked(config: BatchConfig, items, session, plan, root: Path, began: fl
     try:
         with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar, \
                 _writing(store, manifest):
-            engine = _engine(config, session, plan, root)
+            engine = _engine(config, session, plan, root, len(items))
             engine.run(pending, _sink(manifest, summary, bar, store))
         summary.notes = [*(store.notes if store is not None else ()), *(note for note in getattr(engine, "notes", []) if note)]
     except KeyboardInterrupt:
@@ -276,26 +276,44 @@ def _in_background(fn, *args) -> Callable[[], None]:
     return wait
 
 
-def _engine(config: BatchConfig, session, plan, root: Path):
-    from attnvis.batch.local import LocalEngine, available_cores
+def _engine(config: BatchConfig, session, plan, root: Path, images: int):
+    from attnvis.batch.local import LocalEngine
 
     if config.engine == "ray":
         from attnvis.batch.ray_engine import RayEngine
 
         return RayEngine(config, plan, root)
 
-    from attnvis.batch.cores import CoreSplit, batch_size_for, fit_batch
+    from attnvis.batch.cores import batch_size_for, fit_batch
 
     fit = fit_batch(session.metadata, batch_size_for(config.batch_size, session.device), config.max_memory)
+    batch_size = max(1, min(fit.batch_size, images))  # a batch is zero-padded to it: never past the run's images
     split = None
     if config.threads is None and config.backend == "ort" and session.device == "cpu":
-        split = CoreSplit(available_cores(), session.set_threads, fit.batch_size)
+        split = _core_split(session, plan, batch_size)
     from attnvis.batch.feed import for_run
 
     feed, plan, gpu_notes = for_run(session, plan, config.backend)  # --device cuda: decode and render on the GPU
-    engine = LocalEngine(session, plan, root, fit.batch_size, config.workers, config.max_pixels, split, feed)
+    engine = LocalEngine(session, plan, root, batch_size, config.workers, config.max_pixels, split, feed)
     engine.notes += [fit.note, *gpu_notes]
     return engine
+
+
+def _core_split(session, plan, batch_size: int):
+    """The :class:`attnvis.batch.cores.CoreSplit` of a CPU run, its session re-opened at the first guess's threads."""
+    import os
+
+    from attnvis.batch.cores import CoreSplit, first_threads, per_thread_clocks
+    from attnvis.batch.local import available_cores
+
+    cores, threads = available_cores(), 1
+    if per_thread_clocks():  # ORT's CPU at more than one thread is measured by subtracting the workers' clocks
+        per_head = plan.options.head is None and not plan.options.avg_heads
+        maps = 1 if plan.save == "maps" else sum(plan.metadata.layers[i].heads if per_head else 1 for i in plan.layers)
+        threads = first_threads(cores, session.metadata, os.path.getsize(session.path), maps)
+        if threads > 1:
+            session.set_threads(threads)
+    return CoreSplit(cores, session.set_threads, batch_size, threads)
 
 
 def _open_store(root: Path, plan):

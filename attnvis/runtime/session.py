@@ -44,6 +44,7 @@ class OrtSession:
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
                  io_binding: bool | None = None, cuda_graph: bool = False):
         self._opened = dict(path=path, device=device, io_binding=io_binding, cuda_graph=cuda_graph)  # for set_threads
+        self.path = Path(path)
         self.threads = threads
         self.session = ort_session(path, device, _options(threads), cuda_graph=cuda_graph)
         self.providers = self.session.get_providers()
