@@ -271,7 +271,7 @@ def fit_batch(meta: ModelMetadata, batch_size: int, max_memory: int | None) -> B
     note = ""
     if chosen < batch_size:
         why = "not even one fits" if fits < 1 else f"{fits} fit"
-        flight = (f"about {MAP_COPIES}x that per image is in flight" if work <= per_image else
+        flight = (f"about {MAP_COPIES}x that per image is in flight" if meta.reduction == "none" else  # maps rule
                   f"with its input and attention scores {_size(MAP_COPIES * per_image + work)} per image is in flight")
         note = (f"batch: {chosen} per inference instead of {batch_size}: each image's maps are "
                 f"{_size(per_image)}, {flight}, and the budget is "

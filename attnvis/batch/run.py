@@ -13,6 +13,7 @@ and the thread engine in :mod:`attnvis.batch.local`.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -117,10 +118,13 @@ class BatchInterrupted(KeyboardInterrupt):
 
 
 def _check(config: BatchConfig) -> None:
+    from attnvis.runtime.loader import check_threads
+
     if config.batch_size is not None and config.batch_size < 1:
         raise InputError(f"--batch-size {config.batch_size} must be at least 1")
     if config.workers is not None and config.workers < 1:
         raise InputError(f"--workers {config.workers} must be at least 1")
+    check_threads(config.threads)
     if config.max_pixels < 1:
         raise InputError(f"--max-pixels {config.max_pixels} must be positive")
     if config.engine not in ENGINES:
@@ -136,7 +140,9 @@ def open_session(config: BatchConfig):
     """The run's one model session (ORT intra-op threads: see :class:`BatchConfig`)."""
     from attnvis.runtime import open_model
 
-    threads = config.threads if config.threads is not None else (None if config.device == "cuda" else 1)
+    threads = config.threads
+    if threads is None and config.device != "cuda":  # ORT on the CPU: at the first guess, from the model file
+        threads = functools.partial(_first_threads, config) if config.backend == "ort" else 1
     return open_model(config.model, backend=config.backend, device=config.device, weights=config.weights, threads=threads,
                       random_weights=config.random_weights)
 
@@ -212,6 +218,10 @@ def _run_captions(config: BatchConfig, began: float) -> BatchSummary:
     from attnvis.batch.inputs import discover
     from attnvis.batch.lock import OutputLock, check_no_readers
 
+    if config.save != "images" or config.store_heads:  # the map store holds a vision model's layers, not words
+        flag = "--store-heads" if config.save == "images" else f"--save {config.save}"
+        raise InputError(f"{flag}: a captioner's word maps are written as images only; leave {flag} out "
+                         "(the per-word PNGs and the gallery are the outputs of a caption batch)")
     opts = config.caption or cb.CaptionOptions()
     items = discover(config.inputs, exclude=config.output)
     captioner = cb.open_captioner(config, opts)
@@ -290,7 +300,7 @@ def _engine(config: BatchConfig, session, plan, root: Path, images: int):
     batch_size = max(1, min(fit.batch_size, images))  # a batch is zero-padded to it: never past the run's images
     split = None
     if config.threads is None and config.backend == "ort" and session.device == "cpu":
-        split = _core_split(session, plan, batch_size)
+        split = _core_split(session, batch_size)
     from attnvis.batch.feed import for_run
 
     feed, plan, gpu_notes = for_run(session, plan, config.backend)  # --device cuda: decode and render on the GPU
@@ -299,21 +309,36 @@ def _engine(config: BatchConfig, session, plan, root: Path, images: int):
     return engine
 
 
-def _core_split(session, plan, batch_size: int):
-    """The :class:`attnvis.batch.cores.CoreSplit` of a CPU run, its session re-opened at the first guess's threads."""
-    import os
+def _first_threads(config: BatchConfig, path: Path) -> int:
+    """ORT's threads for a CPU run's first batch, from the model file (:func:`attnvis.batch.cores.first_threads`).
 
-    from attnvis.batch.cores import CoreSplit, first_threads, per_thread_clocks
+    Chosen before the session opens (opening a 518 px ViT-S costs about a second), from the
+    file's metadata and size; 1 where the threads' CPU clocks cannot measure ORT at more.
+    """
+    from attnvis.batch.cores import first_threads, per_thread_clocks
+    from attnvis.batch.local import available_cores
+    from attnvis.errors import ModelError
+    from attnvis.runtime.session import read_metadata
+
+    if not per_thread_clocks():
+        return 1
+    try:
+        meta = read_metadata(path)
+    except (ModelError, OSError):
+        return 1  # the session's own opening says what is wrong with the file
+    opts = config.options
+    layers = meta.layers if opts.layer is None else meta.layers[opts.layer:opts.layer + 1]
+    per_head = opts.head is None and not opts.avg_heads
+    maps = 1 if config.save == "maps" else sum(layer.heads if per_head else 1 for layer in layers)
+    return first_threads(available_cores(), meta, path.stat().st_size, maps)
+
+
+def _core_split(session, batch_size: int):
+    """The :class:`attnvis.batch.cores.CoreSplit` of a CPU run, from the threads its session opened with."""
+    from attnvis.batch.cores import CoreSplit
     from attnvis.batch.local import available_cores
 
-    cores, threads = available_cores(), 1
-    if per_thread_clocks():  # ORT's CPU at more than one thread is measured by subtracting the workers' clocks
-        per_head = plan.options.head is None and not plan.options.avg_heads
-        maps = 1 if plan.save == "maps" else sum(plan.metadata.layers[i].heads if per_head else 1 for i in plan.layers)
-        threads = first_threads(cores, session.metadata, os.path.getsize(session.path), maps)
-        if threads > 1:
-            session.set_threads(threads)
-    return CoreSplit(cores, session.set_threads, batch_size, threads)
+    return CoreSplit(available_cores(), session.set_threads, batch_size, session.threads or 1)
 
 
 def _open_store(root: Path, plan):

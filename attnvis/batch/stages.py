@@ -118,7 +118,9 @@ def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[lis
 
     The batch is zero-padded to ``batch_size`` so that every image is computed
     in a batch of the same shape: results then never depend on where the
-    batch boundaries fell (a resumed run writes the same bytes).
+    batch boundaries fell (a resumed run writes the same bytes). The engines
+    therefore never ask for more than the run's images: six images at
+    ``--batch-size 100000`` are one batch of six.
 
     Returns:
         (per image, per layer map without batch axis; per image prediction or None).

@@ -124,6 +124,16 @@ def sweep_stale_temporaries(folder: Path, older_than_s: float = 600.0) -> int:
     return removed
 
 
+def check_threads(threads) -> None:
+    """``--threads``: a positive count, or ``None`` for the default (ORT's and PyTorch's 0 and -1 are not accepted).
+
+    A callable (:class:`attnvis.runtime.session.OrtSession` chooses from the model file) is not checked here.
+    """
+    if threads is not None and not callable(threads) and (isinstance(threads, bool) or not isinstance(threads, int)
+                                                           or threads < 1):
+        raise InputError(f"--threads {threads} must be a positive number of threads; leave it out for the default")
+
+
 def _refuse_torchscript(spec: str | None) -> None:
     """A TorchScript file from ``attnvis export --format torchscript`` is for PyTorch-side benchmarks, not a model spec."""
     import zipfile
@@ -156,6 +166,7 @@ def open_model(
     """
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    check_threads(threads)
     _refuse_torchscript(spec)
     is_onnx = spec is not None and spec.lower().endswith(".onnx")
     if is_onnx and backend == "torch":

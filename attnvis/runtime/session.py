@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,20 @@ def _options(threads: int | None):
     return options
 
 
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The attnvis metadata of an ``.onnx`` file, read without opening a session (milliseconds).
+
+    Raises:
+        ModelError: the file is not an attnvis export.
+    """
+    from attnvis.runtime._props import metadata_props
+
+    try:
+        return ModelMetadata.from_props(metadata_props(path))
+    except ValueError as err:
+        raise ModelError(f"{path}: {err}; export it with 'attnvis export'") from None
+
+
 class OrtSession:
     """One ORT session over an ``.onnx`` file made by attnvis.
 
@@ -32,7 +47,8 @@ class OrtSession:
         path: the model file.
         device: ``auto`` (CUDA if usable, else CPU; see :attr:`provider`),
             ``cuda`` (an error if CUDA is not usable) or ``cpu``.
-        threads: intra-op threads; ``None`` lets ORT use every core.
+        threads: intra-op threads; ``None`` lets ORT use every core; a callable
+            gets ``path`` and returns them (chosen from the file, before the session exists).
         io_binding: run through IO binding (:mod:`attnvis.runtime._iobind`);
             ``None``: when the session runs on CUDA.
         cuda_graph: record and replay CUDA graphs, one per batch size (``cuda`` only;
@@ -41,8 +57,10 @@ class OrtSession:
 
     backend = "ort"
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None,
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | Callable[[Path], int] | None = None,
                  io_binding: bool | None = None, cuda_graph: bool = False):
+        if callable(threads):
+            threads = threads(Path(path))
         self._opened = dict(path=path, device=device, io_binding=io_binding, cuda_graph=cuda_graph)  # for set_threads
         self.path = Path(path)
         self.threads = threads

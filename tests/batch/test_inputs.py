@@ -32,15 +32,16 @@ def batch(model: str, *args: str) -> int:
 def manifest_keys(out: Path) -> list[str]:
     import json
 
-    return sorted(json.loads(line)["key"] for line in (out / MANIFEST).read_text().splitlines())
+    return sorted({json.loads(line)["key"] for line in (out / MANIFEST).read_text().splitlines()})
 
 
 def test_a_glob_does_not_go_round_a_symlink_that_leads_back_up(tmp_path):
     folder = make_images(tmp_path / "dir")
     (folder / "loop").symlink_to(".")  # dir/loop/loop/... is dir again
-    (folder / "sub" / "up").symlink_to("..")
     pattern = str(folder / "**" / "*.png")
     assert len(glob.glob(pattern, recursive=True)) > 10  # what glob alone makes of it
+    assert [i.key for i in discover([pattern])] == ["a.png", "sub/b.png"]
+    (folder / "sub" / "up").symlink_to("..")  # with two links glob's paths grow exponentially: 2^40
     assert [i.key for i in discover([pattern])] == ["a.png", "sub/b.png"]
     assert [i.key for i in discover([str(folder)])] == ["a.png", "sub/b.png"]  # a folder walk never followed links
 
@@ -76,7 +77,7 @@ def test_the_output_folder_reached_through_a_symlink_is_not_an_input(tiny_batch_
     for _ in range(2):  # the second run would find the first one's PNGs
         assert batch(tiny_batch_model, str(inputs / "**" / "*.png"), "--output", str(out)) == 0
     assert manifest_keys(out) == ["a.png", "sub/b.png"]
-    assert "2 done, 0 skipped (already complete), 0 failed of 2 images" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("2 done, 0 skipped (already complete), 0 failed of 2 images") == 2
 
 
 def test_an_output_named_through_a_symlink_is_not_walked(tiny_batch_model, tmp_path, capsys):
@@ -86,4 +87,5 @@ def test_an_output_named_through_a_symlink_is_not_walked(tiny_batch_model, tmp_p
     for _ in range(2):
         assert batch(tiny_batch_model, str(inputs), "--output", str(tmp_path / "out_link")) == 0
     assert manifest_keys(inputs / "out") == ["a.png", "sub/b.png"]
+    assert capsys.readouterr().out.count("2 done, 0 skipped (already complete), 0 failed of 2 images") == 2
     assert discover([str(inputs)], exclude=tmp_path / "out_link") == discover([str(inputs)], exclude=inputs / "out")
