@@ -122,7 +122,7 @@ def short_runs(args, work: Path, models: dict, big: int) -> dict:
     variants = {f"{reduce}-{big}-{threads}": (models[big, reduce], (FULL_BATCH if reduce == "none" else [])
                                               + ([] if threads == "auto" else ["--threads", threads[1:]]))
                 for reduce in args.reduces.split(",") for threads in ("auto", *manual)}
-    batch(work / f"in_{n}", work / "warmup", models[big, "cls"], ["--threads", "1"])  # numba's cache, page cache
+    batch(work / f"in_{n}", work / "warmup", "default", [])  # numba's cache, the photos in the page cache
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     started = time.time()
     for r in range(args.rounds):
