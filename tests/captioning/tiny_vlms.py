@@ -73,6 +73,7 @@ def make_llava(path, image: int = 28, patch: int = 7, seed: int = 0, hidden: int
     randomize(model)
     quiet_specials(model.lm_head, [0, 1, 3, 4])
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.generation_config.max_new_tokens = 12  # the default answer length (the CLI tests)
     model.save_pretrained(path)
     proc = CLIPImageProcessor(size={"shortest_edge": image}, crop_size={"height": image, "width": image})
     LlavaProcessor(image_processor=proc, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
@@ -116,6 +117,7 @@ def make_qwen2_vl(path, version: str = "2", seed: int = 0):
     if version != "2":
         end_instead_of(model.lm_head, 2, 30)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.generation_config.max_new_tokens = 12  # the default answer length (the CLI tests)
     model.save_pretrained(path)
     images = transformers.Qwen2VLImageProcessor(patch_size=7, merge_size=2, temporal_patch_size=2,
                                                 size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
@@ -144,6 +146,7 @@ def make_paligemma(path, seed: int = 0):
     randomize(model)
     quiet_specials(model.lm_head, [0, 1, 3, 4])
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.generation_config.max_new_tokens = 12  # the default answer length (the CLI tests)
     model.save_pretrained(path)
     images = SiglipImageProcessor(size={"height": 28, "width": 28})
     images.image_seq_length = 16
@@ -181,6 +184,7 @@ def make_idefics3(path, smol: bool = False, seed: int = 0):
     randomize(model)
     quiet_specials(model.lm_head, [0, 1, 3] + list(range(4, len(specials))))
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = 2, 0
+    model.generation_config.max_new_tokens = 12  # the default answer length (the CLI tests)
     model.save_pretrained(path)
     images = getattr(transformers, f"{prefix}ImageProcessor")(size={"longest_edge": 112},
                                                               max_image_size={"longest_edge": 56})
