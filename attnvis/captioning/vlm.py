@@ -160,8 +160,9 @@ def generate_rows(m: VLMModel, inputs: dict, max_new_tokens: int) -> tuple[list[
     """``generate(do_sample=False)``'s tokens per row (cut after the end token) and, per step, the rows
     ``(layers, B, heads, keys)`` float32 with which that step's token was chosen."""
     with _rows.RowRecorder(m.attention_modules()) as rec:
-        out = m.model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                               eos_token_id=m.eos or None, pad_token_id=m.pad)
+        ends = {"eos_token_id": m.eos} if m.eos else {}
+        ends.update({"pad_token_id": m.pad} if m.pad >= 0 else {})
+        out = m.model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, **ends)
     n = inputs["input_ids"].shape[1]
     ids = [cut(r, m.eos) for r in out[:, n:].tolist()]
     steps = [torch.stack(s).cpu().numpy() for s in rec.steps]
