@@ -6,6 +6,13 @@ Layers, each importing only those before it: :mod:`~attnvis.captioning.model`
 and decoder-step ONNX graphs) ← :mod:`~attnvis.captioning.decoding` (greedy
 and beam search) ← :mod:`~attnvis.captioning.captioner` ←
 :mod:`~attnvis.captioning.figures` (per-word images, caption strip).
+
+Decoder-only vision-language models: :mod:`~attnvis.captioning._rows` (the
+attention function that records only the generated tokens' rows beside
+``sdpa``) ← :mod:`~attnvis.captioning.vlm` (load, prompt, generate) with
+:mod:`~attnvis.captioning.vlm_tiles` / :mod:`~attnvis.captioning.vlm_idefics`
+(where each image token lies) and, for LLaVA on ONNX Runtime,
+:mod:`~attnvis.captioning.vlm_export` ← :mod:`~attnvis.captioning.vlm_onnx`.
 """
 
 from attnvis._lazy import lazy_attributes
