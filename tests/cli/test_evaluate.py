@@ -138,3 +138,21 @@ def test_bad_ground_truth_one_line(scenes, tmp_path):
 def test_folder_without_store_one_line(tmp_path):
     (tmp_path / "out" / "maps").mkdir(parents=True)
     one_line_error(attnvis("evaluate", tmp_path / "out", "--output", tmp_path / "e", "--no-progress"), "--save maps")
+
+
+def test_class_specific_methods_come_from_attnvis_explain(scenes, tmp_path):
+    pytest.importorskip("torch")  # the default model's explanation graph is exported on first use
+    pq = pytest.importorskip("pyarrow.parquet")
+    result = attnvis("evaluate", scenes, "--boxes", scenes / "boxes.json", "--methods", "gae,grad-rollout",
+                     "--metrics", "pointing-game,relevance-mass", "--output", tmp_path / "e", "--no-progress", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "e" / "scores.parquet").to_pydict()
+    assert sorted(set(table["method"])) == ["gae", "grad-rollout"]
+    assert all(0.0 <= v <= 1.0 for v in table["relevance-mass"])
+
+
+def test_methods_needing_explanations_refused_on_a_plain_onnx(scenes, tmp_path, tiny_batch_model):
+    result = attnvis("evaluate", scenes, "--model", tiny_batch_model, "--methods", "gae", "--metrics", "deletion",
+                     "--output", tmp_path / "e", "--no-progress")
+    one_line_error(result, "--explain")
+    assert not (tmp_path / "e").exists()
