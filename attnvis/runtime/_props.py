@@ -61,10 +61,13 @@ def metadata_props(path: str | Path) -> dict[str, str]:
         if f.seek(0, 2) == 0:
             return props
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            for field, wire, span in _fields(buf, 0, len(buf)):
-                if field != _METADATA_PROPS or wire != 2:
-                    continue
-                entry = {number: bytes(buf[value[0]:value[1]]).decode("utf-8")
-                         for number, kind, value in _fields(buf, *span) if kind == 2 and number in (1, 2)}
-                props[entry.get(1, "")] = entry.get(2, "")
+            try:
+                for field, wire, span in _fields(buf, 0, len(buf)):
+                    if field != _METADATA_PROPS or wire != 2:
+                        continue
+                    entry = {number: bytes(buf[value[0]:value[1]]).decode("utf-8")
+                             for number, kind, value in _fields(buf, *span) if kind == 2 and number in (1, 2)}
+                    props[entry.get(1, "")] = entry.get(2, "")
+            except (IndexError, UnicodeDecodeError):  # a varint or a string past the end, or not text
+                raise ValueError("not a whole ONNX model (cut short or not protobuf)") from None
     return props
