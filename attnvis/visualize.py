@@ -13,6 +13,7 @@ import numpy as np
 
 from attnvis.errors import InputError, ModelError
 from attnvis.metadata import ModelMetadata
+from attnvis.relevance import Verdict
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class VisualizeResult:
             ``[heads, h, w]`` with ``avg_heads=False``.
         raw: per rendered layer, the map as captured for this image (``[heads, Q, K]``,
             or what the export's in-graph reduction left).
+        verdict: with ``method``, the predicted class, its probability, the class
+            explained and each method's relevance ``[h, w]`` (:class:`attnvis.relevance.Verdict`).
+        labels: the model's class names, if it records them.
     """
 
     files: list[Path] = field(default_factory=list)
@@ -65,6 +69,17 @@ class VisualizeResult:
     prediction: str | None = None
     maps: dict[int, np.ndarray] = field(default_factory=dict)
     raw: dict[int, np.ndarray] = field(default_factory=dict)
+    verdict: Verdict | None = None
+    labels: list[str] | None = None
+
+
+def attention_asked(options: VisualizeOptions, figures: FigureOptions | None = None) -> bool:
+    """Whether the options ask for attention files (a layer, a head, per-head files or a figure).
+
+    With ``--method`` only the relevance files are written unless they do.
+    """
+    asked = options.layer is not None or options.head is not None or not options.avg_heads
+    return asked or (figures is not None and (figures.rollout or figures.contact_sheet or figures.gif))
 
 
 def check_options(options: VisualizeOptions) -> None:
@@ -286,6 +301,8 @@ def visualize_attention_on_image(
     save_raw: bool = False,
     device: str = "auto",
     max_pixels: int | None = None,
+    method: str | list[str] | None = None,
+    target: int | str | None = None,
     **options,
 ) -> VisualizeResult:
     """Render every (or one) layer's attention over one image.
@@ -308,6 +325,13 @@ def visualize_attention_on_image(
         device: ``auto`` | ``cuda`` | ``cpu``.
         max_pixels: refuse larger images, checked on the header before
             decoding (default :data:`attnvis.runtime.images.DEFAULT_MAX_PIXELS`).
+        method: explanation methods (``"gae"``, ``"gae,grad-rollout"`` or a list; see
+            :data:`attnvis.explain.METHODS`): ``relevance_{method}.png`` (overlay),
+            ``relevance_heatmap_{method}.png`` and, with ``save_raw``,
+            ``relevance_{method}.npy`` (float32 ``[h, w]``). The attention
+            files are then written only where ``layer``, ``head``,
+            ``avg_heads=False`` or a figure asks for them.
+        target: the class explained: ``None`` (the top-1), an index or a label name.
         **options: ``colormap``, ``alpha``, ``format`` (see
             :class:`VisualizeOptions`); ``rollout``, ``discard_ratio``,
             ``head_fusion``, ``contact_sheet``, ``gif`` (see
@@ -320,11 +344,19 @@ def visualize_attention_on_image(
     from attnvis.runtime import load_image
     from attnvis.runtime.images import DEFAULT_MAX_PIXELS
 
+    from attnvis.relevance import parse_methods
+
     session_args, figures, render_args = _split_options(dict(options))
     opts = replace(VisualizeOptions(layer=layer, head=head, avg_heads=avg_heads, save_raw=save_raw), **render_args)
     check_options(opts)
+    methods = parse_methods(method)
+    if target is not None and not methods:
+        raise InputError("--target says which class --method explains: give --method too (e.g. --method gae)")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise InputError(f"--output {output_dir} is a file; give a folder for the images (it is created if missing)")
+    if methods:
+        return explain_image(model, image_path, Path(output_dir), opts, figures, methods, target,
+                             device=device, max_pixels=max_pixels, session_args=session_args)
     image = load_image(image_path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
     session = _session(model, device, session_args)
     layers = check_selection(session.metadata, opts)
@@ -336,3 +368,40 @@ def visualize_attention_on_image(
     files += write_figures(maps, image, out, opts, figures)
     return VisualizeResult(files, layers, session.provider, maps.outputs, _prediction(maps), grids,
                            {i: maps[i][0] for i in layers})
+
+
+def explain_image(model, image_path, out: Path, opts: VisualizeOptions, figures: FigureOptions, methods: tuple[str, ...],
+                  target: int | str | None, *, device: str, max_pixels: int | None, session_args: dict) -> VisualizeResult:
+    """:func:`visualize_attention_on_image` with ``method``: the relevance files, and the attention files asked for.
+
+    Every check (methods in the graph, the target, the layer selection) runs
+    before the image is decoded.
+    """
+    from attnvis.relevance import open_explainer, relevance_files, resolve_target
+    from attnvis.render.writers import encode_npy, write_bytes_atomic, write_image
+    from attnvis.runtime import load_image
+    from attnvis.runtime.images import DEFAULT_MAX_PIXELS
+
+    explainer = open_explainer(model, methods, device=device, **session_args)
+    index = resolve_target(target, explainer.labels, explainer.classes)
+    session, layers = None, []
+    if attention_asked(opts, figures):
+        session = _session(model, device, session_args)
+        layers = check_selection(session.metadata, opts)
+        check_figures(figures, session.metadata)
+    image = load_image(image_path, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+    verdict = explainer.run_images([image], index)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = list(relevance_files(verdict, image, methods, opts.colormap, opts.alpha, opts.format))
+    with ThreadPoolExecutor() as pool:  # PNG encoding releases the GIL
+        files = list(pool.map(lambda job: write_image(out / job[0], job[1], opts.format), jobs))
+    if opts.save_raw:
+        files += [write_bytes_atomic(out / f"relevance_{m}.npy", encode_npy(verdict.relevance[m])) for m in methods]
+    result = VisualizeResult(files, layers, explainer.provider, verdict=verdict, labels=explainer.labels)
+    result.prediction = None if not result.labels else result.labels[verdict.prediction]
+    if session is not None:
+        maps = session.run_images([image])
+        drawn, result.maps = render_layers(maps, image, out, layers, opts)
+        result.files += drawn + write_figures(maps, image, out, opts, figures)
+        result.outputs, result.raw = maps.outputs, {i: maps[i][0] for i in layers}
+    return result

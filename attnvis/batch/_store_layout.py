@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnvis.metadata import PROP_PREFIX, ModelMetadata
+from attnvis.batch._store_relevance import write_columns
+from attnvis.relevance import Verdict
 
 FORMAT = 1
 
@@ -34,6 +36,10 @@ class StoreLayout:
             (windowed models: each stage's resolution); else ``None``.
         thumbs: whether the ``thumbnail`` column (the gallery's JPEG) is stored:
             with ``--save maps``, which writes no per-image folder to hold it.
+        methods: the explanation methods stored (``batch --method``): a
+            ``relevance_{method}`` column each (underscores for hyphens, as the
+            graph's outputs), at the patch grid, plus ``target``, ``prediction``
+            and ``probability``.
     """
 
     layers: int
@@ -42,6 +48,7 @@ class StoreLayout:
     rollout: bool = False
     grids: tuple[tuple[int, int], ...] | None = None
     thumbs: bool = False
+    methods: tuple[str, ...] = ()
 
     @property
     def patches(self) -> int:
@@ -63,6 +70,8 @@ class StoreLayout:
             doc["grids"] = [list(grid) for grid in self.grids]
         if self.thumbs:
             doc["thumbs"] = True
+        if self.methods:
+            doc["methods"] = list(self.methods)
         return doc
 
     @classmethod
@@ -70,7 +79,7 @@ class StoreLayout:
         heads, grids = doc.get("heads"), doc.get("grids")
         return cls(int(doc["layers"]), tuple(doc["grid"]), None if heads is None else tuple(heads),
                    bool(doc.get("rollout")), None if grids is None else tuple(tuple(grid) for grid in grids),
-                   bool(doc.get("thumbs")))
+                   bool(doc.get("thumbs")), tuple(doc.get("methods") or ()))
 
 
 def has_rollout(meta: ModelMetadata) -> bool:
@@ -80,12 +89,18 @@ def has_rollout(meta: ModelMetadata) -> bool:
             and all(layer.kind == "self" and layer.window is None for layer in meta.layers))
 
 
-def layout_for(meta: ModelMetadata, store_heads: bool, thumbs: bool = False) -> StoreLayout:
-    """The layout a run stores for this model (``store_heads``: ``--store-heads``; ``thumbs``: JPEGs in the store)."""
+def layout_for(meta: ModelMetadata, store_heads: bool, thumbs: bool = False, methods: tuple[str, ...] = (),
+               attention: bool = True) -> StoreLayout:
+    """The layout a run stores for this model (``store_heads``: ``--store-heads``; ``thumbs``: JPEGs in the store;
+    ``methods``: ``--method``'s relevance columns; ``attention=False``: no layer rows, as for an explain graph,
+    which has no attention outputs)."""
+    if not attention:
+        return StoreLayout(0, tuple(meta.tokens.grid), thumbs=thumbs, methods=tuple(methods))
     heads = tuple(layer.heads for layer in meta.layers) if store_heads else None
     grid = tuple(meta.tokens.grid)
     grids = tuple(grid if layer.window is None else tuple(layer.window.grid) for layer in meta.layers)
-    return StoreLayout(len(meta.layers), grid, heads, has_rollout(meta), None if set(grids) <= {grid} else grids, thumbs)
+    return StoreLayout(len(meta.layers), grid, heads, has_rollout(meta), None if set(grids) <= {grid} else grids, thumbs,
+                       tuple(methods))
 
 
 def identity(meta: ModelMetadata, layout: StoreLayout) -> str:
@@ -105,6 +120,7 @@ class StoreRow:
         heads: per layer float32 [heads, h·w], or ``None``.
         rollout: float32 [h·w], or ``None``.
         thumbnail: the gallery's JPEG, or ``None``.
+        verdict: with ``--method``, the image's :class:`attnvis.relevance.Verdict`, or ``None``.
     """
 
     key: str
@@ -115,6 +131,7 @@ class StoreRow:
     heads: list[np.ndarray] | None = None
     rollout: np.ndarray | None = None
     thumbnail: bytes | None = None
+    verdict: Verdict | None = None
 
 
 def _grid(attn: np.ndarray, meta: ModelMetadata, layer: int) -> np.ndarray:
@@ -135,7 +152,8 @@ def _head_grids(attn: np.ndarray, meta: ModelMetadata, layer: int) -> np.ndarray
 
 
 def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndarray], meta: ModelMetadata,
-             layout: StoreLayout, thumbnail: bytes | None = None, rollout: np.ndarray | None = None) -> StoreRow:
+             layout: StoreLayout, thumbnail: bytes | None = None, rollout: np.ndarray | None = None,
+             verdict: Verdict | None = None) -> StoreRow:
     """An image's store row from its captured maps (per layer, no batch axis).
 
     The layer rows are the grids ``attnvis visualize`` renders (for a windowed
@@ -153,7 +171,7 @@ def make_row(key: str, source: str, size_hw: tuple[int, int], attn: list[np.ndar
         layers = [_grid(a, meta, i).reshape(-1) for i, a in enumerate(attn)]  # per layer (h_i·w_i,)
         roll = rollout if rollout is not None else rollout_row(attn, meta.tokens) if layout.rollout else None
     heads = [_head_grids(a, meta, i) for i, a in enumerate(attn)] if layout.heads is not None else None
-    return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll, thumbnail)
+    return StoreRow(key, source, int(size_hw[0]), int(size_hw[1]), layers, heads, roll, thumbnail, verdict)
 
 
 # --------------------------------------------------------------------------- a shard's table
@@ -200,6 +218,7 @@ def rows_table(rows: list[StoreRow], meta: ModelMetadata, layout: StoreLayout):
         columns["rollout"] = _fixed(pa, np.stack([r.rollout for r in rows]), hw)
     if layout.thumbs:
         columns["thumbnail"] = _binary(pa, [r.thumbnail for r in rows], pa.binary())
+    columns.update(write_columns(pa, rows, layout, _fixed))  # batch --method: relevance_*, target, prediction, probability
     table = pa.table(columns)
     props = dict(meta.to_props())
     props["attnvis.store"] = json.dumps({**layout.to_json(), "identity": identity(meta, layout)})

@@ -61,11 +61,14 @@ class LocalEngine:
         split: times the first batch and settles ORT's threads (:class:`attnvis.batch.cores.CoreSplit`).
         feed: the GPU's decoder (:class:`attnvis.batch.feed.DeviceFeed`): the workers read and check
             the files, the driver decodes each batch's JPEGs on the device; ``None``: the CPU decode.
+        explainer: with ``--method``, the :class:`attnvis.relevance.Explainer` (``session`` is then
+            ``None`` where no attention map is needed).
     """
 
     def __init__(self, session, plan: RenderPlan, root: Path, batch_size: int = 16, workers: int | None = None,
-                 max_pixels: int = 40_000_000, split: CoreSplit | None = None, feed=None):
+                 max_pixels: int = 40_000_000, split: CoreSplit | None = None, feed=None, explainer=None):
         self.session, self.plan, self.root = session, plan, Path(root)
+        self.explain = None if explainer is None else (explainer, plan.target)  # --method: see stages.infer
         self.batch_size = batch_size
         self.workers = workers or available_cores()
         self.max_pixels = max_pixels
@@ -134,17 +137,19 @@ class LocalEngine:
             if not batch:
                 return
             maps, predictions, rollouts = self.feed.infer(self.session, tensor, len(batch))
+            verdicts = [None] * len(batch)  # --method never decodes on the device (attnvis.batch.run._engine)
         else:
             tensors = [decoded.tensor for _, decoded in batch]
-            maps, predictions = infer(self.session, tensors, self.batch_size) if self.split is None else \
-                self.split.infer(lambda *args: infer(self.session, *args), tensors, self.batch_size)
-        stored = [store_row(item, decoded, attn, self.plan, roll)  # on the driver: the shorter lane
-                  for (item, decoded), attn, roll in zip(batch, maps, rollouts)]
-        for (item, decoded), attn, prediction, row in zip(batch, maps, predictions, stored):
+            maps, predictions, verdicts = infer(self.session, tensors, self.batch_size, self.explain) \
+                if self.split is None else \
+                self.split.infer(lambda *args: infer(self.session, *args, self.explain), tensors, self.batch_size)
+        stored = [store_row(item, decoded, attn, self.plan, roll, verdict)  # on the driver: the shorter lane
+                  for (item, decoded), attn, roll, verdict in zip(batch, maps, rollouts, verdicts)]
+        for (item, decoded), attn, prediction, row, verdict in zip(batch, maps, predictions, stored, verdicts):
             while len(rendering) >= in_flight:
                 sink(rendering.popleft().result())
             rendering.append(self._submit(pool, "render", render_item, item, decoded, attn, prediction, self.plan,
-                                          self.root, row))
+                                          self.root, row, verdict))
 
     def _submit(self, pool, stage: str, fn, *args) -> Future:
         """``fn(*args)`` on the pool; timed for the core split while it measures."""

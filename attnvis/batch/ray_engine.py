@@ -140,7 +140,7 @@ class InferActor:
         todo = [i for i, record in enumerate(records) if record == _NO_RECORD]
         for start in range(0, len(todo), self.batch_size):  # Ray Data keeps batches ≤ batch_size; be sure
             chunk = todo[start:start + self.batch_size]
-            maps, predictions = infer(self.session, [pickle.loads(data[i]) for i in chunk], self.batch_size)
+            maps, predictions, _ = infer(self.session, [pickle.loads(data[i]) for i in chunk], self.batch_size)
             for i, attn, prediction in zip(chunk, maps, predictions):
                 data[i] = _dumps((attn, prediction))  # attn: per layer (heads, Q, K)
         return batch.set_column(batch.schema.get_field_index("data"), "data", pa.array(data, pa.large_binary()))

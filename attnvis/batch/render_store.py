@@ -6,6 +6,11 @@ recorded sources as the batch decodes them, so every file written here
 equals, byte for byte, the file ``attnvis batch --save images`` writes for
 the same inputs and flags, under the same relative path
 (``DIR/<key>/attn_map_layer_{i}_{name}.png``, ``heatmap_layer_...``).
+
+A store made with ``batch --method`` holds each method's relevance map: those
+are drawn as ``relevance_{method}.png`` and ``relevance_heatmap_{method}.png``,
+and, as ``--save images`` with ``--method`` does, the attention files only
+where ``--layer``, ``--head`` or ``--no-avg-heads`` ask for them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.visualize import VisualizeOptions, check_options, check_selection, safe_name
+from attnvis.visualize import VisualizeOptions, attention_asked, check_options, check_selection, safe_name
 from attnvis.errors import InputError
 from attnvis.metadata import PROP_PREFIX, ModelMetadata
 
@@ -90,10 +95,12 @@ def _grids(store, key: str, layer: int, options: VisualizeOptions) -> list[tuple
     return [("", store[key][layer])]
 
 
-def render_key(store, key: str, layers: list[int], options: VisualizeOptions, target: Path) -> int:
+def render_key(store, key: str, layers: list[int], options: VisualizeOptions, target: Path,
+               methods: tuple[str, ...] = ()) -> int:
     """Render and write one stored image's files; return how many. Raises InputError if its source cannot be read."""
     from attnvis.batch.decode import decode
     from attnvis.batch.stages import clean_tmp, write_files
+    from attnvis.relevance import relevance_files
     from attnvis.render import render_map
     from attnvis.render.writers import encode_image
 
@@ -110,6 +117,11 @@ def render_key(store, key: str, layers: list[int], options: VisualizeOptions, ta
             heat, over = render_map(grid, image, options.colormap, options.alpha, parallel=False, out=out)
             files += [(f"{key}/attn_map_layer_{i}_{name}{suffix}.{options.format}", encode_image(over, options.format)),
                       (f"{key}/heatmap_layer_{i}_{name}{suffix}.{options.format}", encode_image(heat, options.format))]
+    if methods:
+        verdict = store.verdict(key)
+        for name, rgb in relevance_files(verdict, image, methods, options.colormap, options.alpha, options.format,
+                                         parallel=False, out=out):
+            files.append((f"{key}/{name}", encode_image(rgb, options.format)))
     clean_tmp(target / key)
     write_files(target, files)
     return len(files)
@@ -136,7 +148,8 @@ def check_target(output: Path, target: Path) -> None:
 
 
 def render_store(output: str | os.PathLike, target: str | os.PathLike, options: VisualizeOptions | None = None,
-                 keys: list[str] | None = None, model: str | None = None, workers: int | None = None) -> RenderSummary:
+                 keys: list[str] | None = None, model: str | None = None, workers: int | None = None,
+                 method: str | list[str] | None = None) -> RenderSummary:
     """Render the per-layer files of the images in a map store.
 
     Args:
@@ -146,6 +159,7 @@ def render_store(output: str | os.PathLike, target: str | os.PathLike, options: 
         keys: only these images (``--image``); default every stored image.
         model: ``--model``: refuse a store made by another model.
         workers: render threads (default: the cores available).
+        method: only these of the stored explanation methods (default: every stored one).
 
     Returns:
         A :class:`RenderSummary`; images whose source moved or changed (size
@@ -168,7 +182,11 @@ def render_store(output: str | os.PathLike, target: str | os.PathLike, options: 
         store = MapStore(output)
         if model is not None:
             check_model(store, model)
-        layers = check_selection(store.metadata, options)
+        methods = _methods(store, method)
+        if methods and not store.layout.layers and attention_asked(options):
+            raise InputError(f"{output}: the map store holds relevance maps only (its run used an explain graph, "
+                             "which has no attention outputs); drop --layer/--head/--no-avg-heads")
+        layers = check_selection(store.metadata, options) if not methods or attention_asked(options) else []
         _check_heads(store, options)
         unknown = [key for key in keys or () if key not in store]
         if unknown:
@@ -181,19 +199,19 @@ def render_store(output: str | os.PathLike, target: str | os.PathLike, options: 
         summary = RenderSummary(output=target, absent=len(store.missing), notes=list(store.notes))
         chosen = list(dict.fromkeys(keys)) if keys else list(store)
         with OutputLock(target, "render"):  # another render into it would sweep this one's temporary files
-            _render_all(store, chosen, layers, options, target, workers, summary)
+            _render_all(store, chosen, layers, options, target, workers, summary, methods)
     return summary
 
 
 def _render_all(store, chosen: list[str], layers: list[int], options: VisualizeOptions, target: Path,
-                workers: int | None, summary: RenderSummary) -> None:
+                workers: int | None, summary: RenderSummary, methods: tuple[str, ...] = ()) -> None:
     """Render ``chosen`` on threads into ``summary``; a damaged or rewritten shard stops it all (one error)."""
     from attnvis.batch.local import available_cores
 
     with ThreadPoolExecutor(workers or available_cores(), thread_name_prefix="attnvis-render") as pool:
         try:
-            for key, result in zip(chosen, pool.map(lambda k: _render_or_reason(store, k, layers, options, target),
-                                                    chosen)):
+            for key, result in zip(chosen, pool.map(lambda k: _render_or_reason(store, k, layers, options, target,
+                                                                                 methods), chosen)):
                 if isinstance(result, str):
                     summary.missing.append((key, result))
                 else:
@@ -203,11 +221,27 @@ def _render_all(store, chosen: list[str], layers: list[int], options: VisualizeO
             raise
 
 
-def _render_or_reason(store, key: str, layers: list[int], options: VisualizeOptions, target: Path) -> int | str:
+def _methods(store, method: str | list[str] | None) -> tuple[str, ...]:
+    """The explanation methods to draw: ``--method`` (each stored, else one line naming those stored) or all stored."""
+    from attnvis.relevance import parse_methods
+
+    stored = tuple(store.layout.methods)
+    if method is None:
+        return stored
+    asked = parse_methods(method)
+    missing = [m for m in asked if m not in stored]
+    if missing:
+        have = f"it holds {', '.join(stored)}" if stored else "it holds none: run attnvis batch with --method"
+        raise InputError(f"--method {missing[0]}: the map store of {store.root} has no relevance maps of it ({have})")
+    return asked
+
+
+def _render_or_reason(store, key: str, layers: list[int], options: VisualizeOptions, target: Path,
+                      methods: tuple[str, ...] = ()) -> int | str:
     from attnvis.batch._shard_file import DamagedShard, ShardChanged
 
     try:
-        return render_key(store, key, layers, options, target)
+        return render_key(store, key, layers, options, target, methods)
     except (DamagedShard, ShardChanged):
         raise  # the store's fault, not this image's: the whole render stops, naming the shard
     except InputError as err:

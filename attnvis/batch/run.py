@@ -67,6 +67,8 @@ class BatchConfig:
     save: str = "images"  # images | maps | both: see attnvis.batch.stages.SAVE_MODES and attnvis.batch.store
     store_heads: bool = False
     caption: CaptionOptions | None = None  # captioners: see attnvis.batch.caption
+    method: tuple[str, ...] = ()  # explanation methods (attnvis.explain.METHODS): relevance files or store columns
+    target: int | str | None = None  # the class explained: None (top-1), an index or a label name
 
 
 @dataclass
@@ -130,6 +132,10 @@ def _check(config: BatchConfig) -> None:
     if config.engine not in ENGINES:
         raise InputError(f"--engine {config.engine!r} is not one of {', '.join(ENGINES)}")
     check_options(config.options)
+    if config.method and config.engine == "ray":
+        raise InputError(f"--method runs on the local engine; drop --engine {config.engine}")
+    if config.target is not None and not config.method:
+        raise InputError("--target says which class --method explains: give --method too (e.g. --method gae)")
     if config.engine == "ray":
         from attnvis.batch.ray_engine import check_config
 
@@ -158,31 +164,58 @@ def run_batch(config: BatchConfig) -> BatchSummary:
     """
     from attnvis.batch.inputs import discover
     from attnvis.batch.lock import OutputLock, check_no_readers
-    from attnvis.batch.stages import make_plan, warm_up
+    from attnvis.batch.stages import warm_up
 
     began = time.perf_counter()
     _check(config)
     from attnvis.batch.caption import is_caption_run
 
     if is_caption_run(config.model, config.caption):
+        if config.method:
+            raise InputError(f"--method explains image classifiers; {config.model or 'this model'} is a captioner "
+                             "(explaining its words is not supported): drop --method")
         return _run_captions(config, began)
     items = discover(config.inputs, exclude=config.output)
     warmed = _in_background(warm_up, config.options) if config.engine == "local" else None
     gpu_warmed = _gpu_warm_up(config)
-    session = open_session(config)  # meanwhile the renderer's one-time loading
+    session, explainer, plan = _open(config)  # meanwhile the renderer's one-time loading
     if warmed is not None:
         warmed()
     if gpu_warmed is not None:
         gpu_warmed()
-    plan = make_plan(session.metadata, config.options, config.model, save=config.save, store_heads=config.store_heads)
     root = Path(config.output)
     root.mkdir(parents=True, exist_ok=True)
     with OutputLock(root):  # another run here would delete this one's temporary files, and this one its
         check_no_readers(root)  # an attnvis render reading the store here: its rows would change under it
-        return _run_locked(config, items, session, plan, root, began)
+        return _run_locked(config, items, session, plan, root, began, explainer)
 
 
-def _run_locked(config: BatchConfig, items, session, plan, root: Path, began: float) -> BatchSummary:
+def _open(config: BatchConfig):
+    """(attention session or None, explainer or None, plan): ``--method`` opens the explain graph, and the
+    attention session only where the plan needs attention maps (``--layer`` ..., or a map store)."""
+    from attnvis.batch.stages import make_plan
+
+    if not config.method:
+        session = open_session(config)
+        return session, None, make_plan(session.metadata, config.options, config.model, save=config.save,
+                                        store_heads=config.store_heads)
+    from attnvis.relevance import open_explainer, resolve_target
+    from attnvis.visualize import attention_asked
+
+    threads = config.threads if config.threads is not None else (None if config.device == "cuda" else 1)
+    explainer = open_explainer(config.model, config.method, device=config.device, weights=config.weights,
+                               threads=threads, random_weights=config.random_weights, backend=config.backend)
+    target = resolve_target(config.target, explainer.labels, explainer.classes)
+    graph_only = bool(config.model) and config.model.lower().endswith(".onnx")  # no attention outputs in it
+    wanted = attention_asked(config.options) or config.store_heads or config.save != "images"
+    session = open_session(config) if wanted and not graph_only else None
+    plan = make_plan((session or explainer).metadata, config.options, config.model, save=config.save,
+                     store_heads=config.store_heads, methods=config.method, target=target,
+                     attention=session is not None or not graph_only)
+    return session, explainer, plan
+
+
+def _run_locked(config: BatchConfig, items, session, plan, root: Path, began: float, explainer=None) -> BatchSummary:
     """The part of :func:`run_batch` that writes into ``root``, under its lock."""
     from attnvis.batch import manifest as mf
     from attnvis.batch.stages import clean_tmp
@@ -199,7 +232,7 @@ def _run_locked(config: BatchConfig, items, session, plan, root: Path, began: fl
     try:
         with mf.Manifest(root / mf.MANIFEST) as manifest, _progress(len(pending), config.progress) as bar, \
                 _writing(store, manifest):
-            engine = _engine(config, session, plan, root, len(items))
+            engine = _engine(config, session, plan, root, len(items), explainer)
             engine.run(pending, _sink(manifest, summary, bar, store))
         summary.notes = [*(store.notes if store is not None else ()), *(note for note in getattr(engine, "notes", []) if note)]
     except KeyboardInterrupt:
@@ -286,7 +319,7 @@ def _in_background(fn, *args) -> Callable[[], None]:
     return wait
 
 
-def _engine(config: BatchConfig, session, plan, root: Path, images: int):
+def _engine(config: BatchConfig, session, plan, root: Path, images: int, explainer=None):
     from attnvis.batch.local import LocalEngine
 
     if config.engine == "ray":
@@ -296,15 +329,18 @@ def _engine(config: BatchConfig, session, plan, root: Path, images: int):
 
     from attnvis.batch.cores import batch_size_for, fit_batch
 
-    fit = fit_batch(session.metadata, batch_size_for(config.batch_size, session.device), config.max_memory)
+    lead = session if session is not None else explainer.session  # the session the core split tunes
+    fit = fit_batch(lead.metadata, batch_size_for(config.batch_size, lead.device), config.max_memory)
     batch_size = max(1, min(fit.batch_size, images))  # a batch is zero-padded to it: never past the run's images
     split = None
-    if config.threads is None and config.backend == "ort" and session.device == "cpu":
-        split = _core_split(session, batch_size)
-    from attnvis.batch.feed import for_run
+    if config.threads is None and config.backend == "ort" and lead.device == "cpu":
+        split = _core_split(session, batch_size, explainer)
+    feed, gpu_notes = None, []
+    if explainer is None:  # --method: the explainer takes host batches; decode and render stay on the CPU
+        from attnvis.batch.feed import for_run
 
-    feed, plan, gpu_notes = for_run(session, plan, config.backend)  # --device cuda: decode and render on the GPU
-    engine = LocalEngine(session, plan, root, batch_size, config.workers, config.max_pixels, split, feed)
+        feed, plan, gpu_notes = for_run(session, plan, config.backend)  # --device cuda: decode and render on the GPU
+    engine = LocalEngine(session, plan, root, batch_size, config.workers, config.max_pixels, split, feed, explainer)
     engine.notes += [fit.note, *gpu_notes]
     return engine
 
@@ -333,12 +369,16 @@ def _first_threads(config: BatchConfig, path: Path) -> int:
     return first_threads(available_cores(), meta, path.stat().st_size, maps)
 
 
-def _core_split(session, batch_size: int):
-    """The :class:`attnvis.batch.cores.CoreSplit` of a CPU run, from the threads its session opened with."""
+def _core_split(session, batch_size: int, explainer=None):
+    """The :class:`attnvis.batch.cores.CoreSplit` of a CPU run, from the threads its session opened with
+    (with ``--method``: the explain session's, and both sessions are re-opened with the threads it settles on)."""
     from attnvis.batch.cores import CoreSplit
     from attnvis.batch.local import available_cores
 
-    return CoreSplit(available_cores(), session.set_threads, batch_size, session.threads or 1)
+    sessions = [s for s in (session, explainer) if s is not None]
+    opened = (session or explainer.session).threads
+    return CoreSplit(available_cores(), lambda threads: [s.set_threads(threads) for s in sessions], batch_size,
+                     opened or 1)
 
 
 def _open_store(root: Path, plan):

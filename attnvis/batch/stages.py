@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.visualize import VisualizeOptions, check_selection, layer_files
+from attnvis.relevance import Verdict, relevance_files
+from attnvis.visualize import VisualizeOptions, attention_asked, check_selection, layer_files
 from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe
 from attnvis.batch.inputs import Item
 from attnvis.errors import InputError
@@ -47,6 +48,9 @@ class RenderPlan:
         store_heads: ``--store-heads``: per-head rows in the store too.
         renderer: ``cpu`` (the numba kernels on the workers) or ``cuda`` (the numba-cuda
             kernel, :func:`attnvis.render.gpu.render_maps_cuda`: the same bytes, so not in the fingerprint).
+        methods: ``--method``: the explanation methods (``relevance_{method}`` files or store columns).
+        target: ``--target``: the class explained, -1 for each image's top-1 class.
+        attention: whether the run has attention maps (an explain graph alone has none: no layer rows then).
     """
 
     options: VisualizeOptions
@@ -57,6 +61,9 @@ class RenderPlan:
     save: str = "images"
     store_heads: bool = False
     renderer: str = "cpu"
+    methods: tuple[str, ...] = ()
+    target: int = -1
+    attention: bool = True
 
     @cached_property  # asked once per image (manifest lines, --resume checks)
     def fingerprint(self) -> str:
@@ -65,6 +72,8 @@ class RenderPlan:
                "layer_names": [layer.name for layer in self.metadata.layers]}
         if self.save != "images":  # only then: an images run keeps the fingerprint it always had
             doc.update(save=self.save, store_heads=self.store_heads)
+        if self.methods:
+            doc.update(methods=self.methods, target=self.target, attention=self.attention)
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,20 +82,32 @@ class RenderPlan:
         """The :class:`attnvis.batch._store_layout.StoreLayout` of this run's rows, or ``None`` for ``--save images``."""
         from attnvis.batch._store_layout import layout_for
 
-        return None if self.save == "images" else layout_for(self.metadata, self.store_heads, self.thumbs and self.save == "maps")
+        return None if self.save == "images" else layout_for(self.metadata, self.store_heads, self.thumbs and self.save == "maps",
+                                                             self.methods, self.attention)
 
 
 def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None, thumbs: bool = True,
-              save: str = "images", store_heads: bool = False) -> RenderPlan:
-    """Check the selection and the store options against the model (one clear error each) and fix the plan."""
-    layers = tuple(check_selection(meta, options))
+              save: str = "images", store_heads: bool = False, methods: tuple[str, ...] = (), target: int = -1,
+              attention: bool = True) -> RenderPlan:
+    """Check the selection and the store options against the model (one clear error each) and fix the plan.
+
+    With ``methods`` the attention files are rendered only where the options ask
+    for layers (``--layer``, ``--head``, ``--no-avg-heads``), as ``visualize`` does.
+    ``attention=False``: the run has no attention maps (an explain graph alone).
+    """
+    if not attention and (attention_asked(options) or store_heads):
+        raise InputError(f"{'--store-heads' if store_heads else '--layer/--head/--no-avg-heads'} needs attention maps, "
+                         f"and the explain graph {model} has none; give the model's spec (it is exported with and "
+                         "without --explain), or drop the flag")
+    layers = tuple(check_selection(meta, options)) if not methods or attention_asked(options) else ()
     if save not in SAVE_MODES:
         raise InputError(f"--save {save!r} is not one of {', '.join(SAVE_MODES)}")
     if store_heads and save == "images":
         raise InputError("--store-heads adds per-head rows to the map store: give --save maps or --save both with it")
     if store_heads and meta.reduction != "none":
         raise InputError(f"--store-heads needs per-head maps, but this model was exported with --reduce {meta.reduction}")
-    return RenderPlan(options, layers, meta, model or "default", thumbs, save, store_heads)
+    return RenderPlan(options, layers, meta, model or "default", thumbs, save, store_heads, tuple(methods), target,
+                      attention)
 
 
 @dataclass
@@ -100,6 +121,8 @@ class Rendered:
             ``{"layer", "head", "overlay", "heatmap"}`` (``head`` None is the mean).
         size: the image's (height, width).
         prediction: the model's top class, when it has class names.
+        verdict: with ``--method``, the classes and relevance maps (:class:`attnvis.relevance.Verdict`).
+        relevance: one entry per method's files for the manifest and gallery: ``{"method", "overlay", "heatmap"}``.
     """
 
     key: str
@@ -111,9 +134,12 @@ class Rendered:
     thumb: str | None = None
     head_grids: dict | None = None
     thumbnail: bytes | None = None  # --save maps: the thumbnail's JPEG, for the store (no file)
+    verdict: Verdict | None = None
+    relevance: list[dict] = field(default_factory=list)
 
 
-def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[list[np.ndarray]], list[str | None]]:
+def infer(session, tensors: list[np.ndarray], batch_size: int, explain: tuple | None = None,
+          ) -> tuple[list[list[np.ndarray]], list[str | None], list[Verdict | None]]:
     """Run preprocessed images through the model as one batch.
 
     The batch is zero-padded to ``batch_size`` so that every image is computed
@@ -122,20 +148,34 @@ def infer(session, tensors: list[np.ndarray], batch_size: int) -> tuple[list[lis
     therefore never ask for more than the run's images: six images at
     ``--batch-size 100000`` are one batch of six.
 
+    Args:
+        session: the attention session, or ``None`` when only ``explain`` runs (no layer asked for).
+        explain: ``(explainer, target)`` for ``--method``: an :class:`attnvis.relevance.Explainer`
+            and the class explained (-1: each image's top-1).
+
     Returns:
-        (per image, per layer map without batch axis; per image prediction or None).
+        (per image, per layer map without batch axis; per image prediction or None;
+        per image :class:`attnvis.relevance.Verdict`, or None without ``explain``).
     """
     n = len(tensors)
     batch = np.zeros((max(n, batch_size), *tensors[0].shape), np.float32)  # (B, C, h, w)
     batch[:n] = np.stack(tensors)
-    return infer_batch(session, batch, n)
+    return infer_batch(session, batch, n, explain)
 
 
-def infer_batch(session, batch, n: int) -> tuple[list[list[np.ndarray]], list[str | None]]:
+def infer_batch(session, batch, n: int, explain: tuple | None = None,
+                ) -> tuple[list[list[np.ndarray]], list[str | None], list[Verdict | None]]:
     """:func:`infer` of a batch already made (zero-padded; a CUDA tensor from :mod:`attnvis.batch.feed`) of ``n`` images."""
+    verdicts: list[Verdict | None] = [None] * n
+    if explain is not None:
+        explainer, target = explain
+        verdicts = explainer.run(batch, np.full(len(batch), target, np.int64))[:n]
+    if session is None:
+        labels = explain[0].labels
+        return [[] for _ in range(n)], [labels[v.prediction] if labels else None for v in verdicts], verdicts
     maps = session.run(batch)
     per_image = [[np.ascontiguousarray(layer[b]) for layer in maps.maps] for b in range(n)]
-    return per_image, predictions(maps, n)
+    return per_image, predictions(maps, n), verdicts
 
 
 def predictions(maps, n: int) -> list[str | None]:
@@ -165,7 +205,7 @@ def _raw(attn: np.ndarray, windowed: bool) -> np.ndarray:
 
 
 def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan, prediction: str | None = None,
-           size: tuple[int, int] | None = None) -> Rendered:
+           size: tuple[int, int] | None = None, verdict: Verdict | None = None) -> Rendered:
     """Render and encode one image's files (the CPU-heavy stage; releases the GIL).
 
     Args:
@@ -175,11 +215,12 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         plan: the run's plan.
         prediction: the model's class for the image, if any.
         size: the original image's (H, W), where ``image`` is only the thumbnail's pixels (``--save maps``).
+        verdict: with ``--method``, the image's classes and relevance maps.
     """
     from attnvis.render.writers import encode_image, encode_npy
 
     if plan.save == "maps":
-        return _render_thumbnail_only(key, image, attn, plan, prediction, size or image.shape[:2])
+        return _render_thumbnail_only(key, image, attn, plan, prediction, size or image.shape[:2], verdict)
     opts = plan.options
     draw = _draw_cuda if plan.renderer == "cuda" else None
     named = iter(layer_files(attn, image, plan.metadata, list(plan.layers), opts, parallel=False, reuse=True, draw=draw))
@@ -191,11 +232,23 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
                   (f"{key}/{heat_name}", encode_image(heat, opts.format))]  # map overwrites the two arrays
         maps.append({"layer": i, "head": h, "overlay": files[-2][0], "heatmap": files[-1][0]})
     out = Rendered(key, files, maps, tuple(int(s) for s in image.shape[:2]), prediction,
-                   head_grids=gallery_grids(attn, plan))
+                   head_grids=gallery_grids(attn, plan), verdict=verdict)
+    if plan.methods:
+        named = relevance_files(verdict, image, plan.methods, opts.colormap, opts.alpha, opts.format, parallel=False,
+                                out=(np.empty_like(image), np.empty_like(image)))
+        for method in plan.methods:
+            (over_name, overlay), (heat_name, heat) = next(named), next(named)
+            last_overlay = overlay.copy() if method == plan.methods[0] else last_overlay  # the thumbnail's
+            files += [(f"{key}/{over_name}", encode_image(overlay, opts.format)),
+                      (f"{key}/{heat_name}", encode_image(heat, opts.format))]
+            out.relevance.append({"method": method, "overlay": files[-2][0], "heatmap": files[-1][0]})
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
             files.append((out.raw[-1], encode_npy(_raw(attn[i], windowed[i]))))  # as visualize writes
+        for method in plan.methods:
+            out.raw.append(f"{key}/relevance_{method}.npy")
+            files.append((out.raw[-1], encode_npy(verdict.relevance[method])))
     if plan.thumbs and last_overlay is not None:
         out.thumb = f"{key}/{THUMB_NAME}"
         files.append((out.thumb, _thumbnail(last_overlay)))
@@ -203,7 +256,7 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
 
 
 def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan,
-                           prediction: str | None, size: tuple[int, int]) -> Rendered:
+                           prediction: str | None, size: tuple[int, int], verdict: Verdict | None = None) -> Rendered:
     """``--save maps``: no files; the gallery thumbnail goes to the store.
 
     ``image`` is already the thumbnail's pixels (:func:`decode_item` shrinks it:
@@ -215,11 +268,14 @@ def _render_thumbnail_only(key: str, image: np.ndarray, attn: list[np.ndarray], 
     from attnvis.visualize import layer_images
     from attnvis.render import render_map
 
-    out = Rendered(key, [], [], tuple(size), prediction)
+    out = Rendered(key, [], [], tuple(size), prediction, verdict=verdict)
     if plan.thumbs:
         image = _shrink(image)  # decoded on the GPU: the whole image came back (a no-op for the CPU's thumbnail pixels)
-        last = plan.layers[-1]
-        grid = layer_images(attn[last], plan.metadata, plan.options, last)[-1][1]  # the last map, as images mode
+        if plan.methods:  # the first method's relevance, as images mode
+            grid = verdict.relevance[plan.methods[0]]
+        else:
+            last = plan.layers[-1]
+            grid = layer_images(attn[last], plan.metadata, plan.options, last)[-1][1]  # the last map, as images mode
         overlay = render_map(grid, image, plan.options.colormap, plan.options.alpha, parallel=False)[1]
         out.thumbnail = _encode_thumb(overlay)
     return out
@@ -353,12 +409,17 @@ def ok_record(source: str, rendered: Rendered, plan: RenderPlan) -> dict:
     """The manifest line of a rendered image (see :mod:`attnvis.batch.manifest`)."""
     from attnvis.batch.manifest import file_check
 
-    return {"key": rendered.key, "source": source, "status": "ok", "error": None,
-            "files": [rel for rel, _ in rendered.files], "checks": [file_check(data) for _, data in rendered.files],
-            "maps": rendered.maps, "raw": rendered.raw,
-            "thumb": rendered.thumb, "size": list(rendered.size), "prediction": rendered.prediction,
-            "head_grids": rendered.head_grids,
-            "plan": plan.fingerprint, "time": round(time.time(), 3)}
+    record = {"key": rendered.key, "source": source, "status": "ok", "error": None,
+              "files": [rel for rel, _ in rendered.files], "checks": [file_check(data) for _, data in rendered.files],
+              "maps": rendered.maps, "raw": rendered.raw,
+              "thumb": rendered.thumb, "size": list(rendered.size), "prediction": rendered.prediction,
+              "head_grids": rendered.head_grids,
+              "plan": plan.fingerprint, "time": round(time.time(), 3)}
+    if rendered.verdict is not None:  # --method: the classes, and the relevance files (none with --save maps)
+        v = rendered.verdict
+        record["explained"] = {"target": v.target, "prediction": v.prediction, "probability": round(v.probability, 6),
+                               "methods": list(plan.methods), "files": rendered.relevance}
+    return record
 
 
 def failed_record(source: str, key: str, error: str, plan: RenderPlan) -> dict:
@@ -389,7 +450,8 @@ def decode_item(item: Item, plan: RenderPlan, max_pixels: int) -> Decoded | dict
     return decoded
 
 
-def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: RenderPlan, rollout: np.ndarray | None = None):
+def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: RenderPlan, rollout: np.ndarray | None = None,
+              verdict: Verdict | None = None):
     """The image's map-store row, without its thumbnail (``None`` for ``--save images``, or a maps error).
 
     ``rollout``: the rollout row where it was computed with the maps (on the GPU:
@@ -406,24 +468,25 @@ def store_row(item: Item, decoded: Decoded, attn: list[np.ndarray], plan: Render
     if plan.store_layout is None:
         return None, None
     try:
-        return make_row(item.key, item.path, decoded.size, attn, plan.metadata, plan.store_layout, rollout=rollout), None
+        return make_row(item.key, item.path, decoded.size, attn, plan.metadata, plan.store_layout, rollout=rollout,
+                        verdict=verdict), None
     except ValueError as err:
         return None, f"{item.key}: cannot render ({_one_line(err)})"
 
 
 def render_item(item: Item, decoded: Decoded, attn: list[np.ndarray], prediction: str | None, plan: RenderPlan, root: Path,
-                stored: tuple | None = None) -> dict:
+                stored: tuple | None = None, verdict: Verdict | None = None) -> dict:
     """Render, encode and write one image (temporary names, then renames); return its manifest record.
 
     ``OSError`` (disk full, permissions) propagates: it would fail every image.
     With a map store, the record carries the image's row under :data:`STORE_ROW`:
     ``stored`` (what :func:`store_row` returned where the maps were made), or made here.
     """
-    row, error = stored if stored is not None else store_row(item, decoded, attn, plan)
+    row, error = stored if stored is not None else store_row(item, decoded, attn, plan, verdict=verdict)
     if error is not None:
         return failed_record(item.path, item.key, error, plan)
     try:
-        rendered = render(item.key, decoded.image, attn, plan, prediction, decoded.size)
+        rendered = render(item.key, decoded.image, attn, plan, prediction, decoded.size, verdict)
     except ValueError as err:  # e.g. non-finite attention from the model for this image
         return failed_record(item.path, item.key, f"{item.key}: cannot render ({_one_line(err)})", plan)
     if row is not None:

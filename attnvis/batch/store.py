@@ -66,6 +66,7 @@ import numpy as np
 from attnvis.batch._shard_file import DamagedShard, OpenShard, ShardFile, move_aside, write_table
 from attnvis.batch._store_layout import StoreLayout, StoreRow, identity, rows_table  # noqa: F401 - rows_table: public here
 from attnvis.batch._store_scan import STORE_PROP, duplicate_notes, keep_once, named_shards, scan_shard
+from attnvis.batch._store_relevance import ExplainedRows, read_columns
 from attnvis.errors import InputError
 from attnvis.metadata import ModelMetadata
 
@@ -233,7 +234,7 @@ def _describe(doc: dict | None) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-class MapStore(Mapping):
+class MapStore(ExplainedRows, Mapping):
     """A read-only mapping from image key to its maps, float32 ``[layers, h, w]`` (see :func:`load_maps`).
 
     Where the layers' grids differ (windowed models: each block at its
@@ -441,8 +442,8 @@ def _column(table, name: str, width: int) -> np.ndarray:
 def _arrays(table, layout: StoreLayout) -> dict:
     """A row group's columns: ``layers`` (n, L, h·w), or per layer (n, h_i·w_i) where the grids differ."""
     layers = [_column(table, f"layer_{i}", layout.layer_patches(i)) for i in range(layout.layers)]
-    if layout.grids is None:
-        layers = np.stack(layers, axis=1)  # (n, L, h*w)
+    if layout.grids is None:  # (n, L, h*w); L = 0 for a store of relevance maps only (an explain graph's run)
+        layers = np.stack(layers, axis=1) if layers else np.empty((table.num_rows, 0, layout.patches), np.float32)
         layers.flags.writeable = False
     group = {"layers": layers, "source": table.column("source").to_pylist(), "width": table.column("width").to_numpy(),
              "height": table.column("height").to_numpy()}
@@ -450,6 +451,7 @@ def _arrays(table, layout: StoreLayout) -> dict:
         group[f"heads_{i}"] = _column(table, f"heads_{i}", heads * layout.layer_patches(i))
     if layout.rollout:
         group["rollout"] = _column(table, "rollout", layout.patches)
+    group.update(read_columns(table, layout, _column))
     return group
 
 

@@ -56,6 +56,17 @@ def add_figure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gif", action="store_true", help="also write layers.gif (one frame per layer)")
 
 
+def add_explain_args(p: argparse.ArgumentParser, *, target: bool = True) -> None:
+    """``--method M[,M2]`` and ``--target T|top1``: class-specific relevance (:mod:`attnvis.relevance`)."""
+    p.add_argument("--method", default=None, metavar="M[,M2]",
+                   help="explain a class with these methods of attnvis.explain.METHODS, e.g. gae,grad-rollout (an "
+                        "unknown name lists them): relevance_{method}.png; attention files only where --layer etc. "
+                        "ask for them" if target else "only these of the stored explanation methods (default: all)")
+    if target:
+        p.add_argument("--target", default=None, metavar="T|top1",
+                       help="the class --method explains: top1 (default: the predicted class), an index or a label name")
+
+
 def add_max_pixels(p: argparse.ArgumentParser) -> None:
     """``--max-pixels``, one default for ``visualize`` and ``batch``."""
     from attnvis.runtime.images import DEFAULT_MAX_PIXELS

@@ -9,8 +9,8 @@ import sys
 from attnvis.batch.cores import BATCH_SIZES
 from attnvis.batch.run import ENGINES, BatchConfig, BatchInterrupted, run_batch
 from attnvis.batch.stages import SAVE_MODES
-from attnvis.cli._args import (add_max_pixels, add_model_args, add_prompt_arg, add_render_args, check_prompt,
-                               render_options, vlm_backend)
+from attnvis.cli._args import (add_explain_args, add_max_pixels, add_model_args, add_prompt_arg, add_render_args,
+                               check_prompt, render_options, vlm_backend)
 from attnvis.errors import InputError
 
 
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default=BatchConfig.output, help="output folder (one subfolder per image)")
     add_model_args(p)
     add_render_args(p)
+    add_explain_args(p)
     for action in p._actions:  # same flag as visualize, different default here (see BatchConfig)
         if action.dest == "threads":
             action.help = ("ONNX Runtime intra-op threads (default on the CPU: settled from the first batch's costs, "
@@ -68,6 +69,7 @@ def _size(text: str) -> int:
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
     """Map parsed flags to a :class:`BatchConfig` (each flag is the field of the same name)."""
     from attnvis.batch.caption import CaptionOptions
+    from attnvis.relevance import parse_methods
 
     caption = CaptionOptions(infos_path=args.infos_path, att_feats_dir=args.att_feats_dir,
                              fc_feats_dir=args.fc_feats_dir, boxes_dir=args.boxes_dir,
@@ -83,7 +85,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
                        batch_size=args.batch_size, workers=args.workers, resume=args.resume,
                        max_pixels=args.max_pixels, progress=args.progress, engine=args.engine, gallery=args.gallery,
                        address=args.address, num_gpus_per_worker=args.num_gpus_per_worker,
-                       verbose=args.verbose, save=args.save, store_heads=args.store_heads)
+                       verbose=args.verbose, save=args.save, store_heads=args.store_heads,
+                       method=parse_methods(args.method), target=args.target)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnvis.cli._args import caption_backend
+from attnvis.cli._args import add_explain_args, caption_backend
 from attnvis.runtime.device import DEVICES
 
 
@@ -13,10 +13,16 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default="attn_vis", help="output folder")
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA if usable, else CPU; cuda: fail if not usable")
     p.add_argument("--caption", action="store_true", help="the embedded AoANet captioner instead")
+    add_explain_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.caption and (args.method or args.target):
+        from attnvis.errors import InputError
+
+        raise InputError("--method explains image classifiers; --caption runs the captioner (explaining its words is "
+                         "not supported): drop one of them")
     if args.caption:
         from attnvis.captioning.figures import demo_caption
 
@@ -26,6 +32,13 @@ def run(args: argparse.Namespace) -> int:
     from attnvis.models import sample_image_path
     from attnvis.visualize import visualize_attention_on_image
 
-    result = visualize_attention_on_image(None, sample_image_path(), args.output, device=args.device)
+    result = visualize_attention_on_image(None, sample_image_path(), args.output, device=args.device, method=args.method,
+                                          target=args.target)
+    if result.verdict is not None:
+        from attnvis.relevance import verdict_line
+
+        print(f"{verdict_line(result.verdict, result.labels)}; wrote {len(result.files)} files to {args.output} "
+              f"[{result.provider}]")
+        return 0
     print(f"predicted {result.prediction}; wrote {len(result.files)} files to {args.output} [{result.provider}]")
     return 0

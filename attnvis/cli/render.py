@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnvis.cli._args import add_render_args, render_options
+from attnvis.cli._args import add_explain_args, add_render_args, render_options
 
 
 def add_parser(sub) -> None:
@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
                    help="check that the store holds this model's maps (an error names both models if not)")
     p.add_argument("--workers", type=int, default=None, help="render threads (default: the cores available)")
     add_render_args(p)
+    add_explain_args(p, target=False)
     p.set_defaults(func=run)
 
 
@@ -28,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers} must be at least 1")
     summary = render_store(args.store, args.output, render_options(args), keys=args.images, model=args.model,
-                           workers=args.workers)
+                           workers=args.workers, method=args.method)
     print(summary.text())
     return summary.exit_code

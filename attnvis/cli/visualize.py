@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from attnvis.cli._args import (add_caption_args, add_figure_args, add_max_pixels, add_model_args, add_render_args,
-                               caption_backend, check_prompt, render_options, vlm_backend)
+from attnvis.cli._args import (add_caption_args, add_explain_args, add_figure_args, add_max_pixels, add_model_args,
+                               add_render_args, caption_backend, check_prompt, render_options, vlm_backend)
 
 
 def add_parser(sub) -> None:
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_render_args(p)
     add_figure_args(p)
+    add_explain_args(p)
     add_max_pixels(p)
     add_caption_args(p)
     p.set_defaults(func=run)
@@ -25,11 +26,17 @@ def run(args: argparse.Namespace) -> int:
     from attnvis.captioning.kinds import DEFAULT_CAPTIONER
 
     check_prompt(args)
-    if args.infos_path or args.model == DEFAULT_CAPTIONER:
-        return run_caption(args)
     from attnvis.captioning.kinds import is_captioner_dir
 
-    if args.model and is_captioner_dir(args.model):
+    captioner = bool(args.infos_path) or args.model == DEFAULT_CAPTIONER or bool(args.model and is_captioner_dir(args.model))
+    if captioner and (args.method or args.target):
+        from attnvis.errors import InputError
+
+        raise InputError(f"--method explains image classifiers; {args.model} is a captioner (explaining its words is "
+                         "not supported): drop --method/--target")
+    if args.infos_path or args.model == DEFAULT_CAPTIONER:
+        return run_caption(args)
+    if captioner:
         return run_caption(args, hf=True)
     from attnvis.visualize import visualize_attention_on_image
 
@@ -39,7 +46,14 @@ def run(args: argparse.Namespace) -> int:
         save_raw=opts.save_raw, device=args.device, max_pixels=args.max_pixels, colormap=opts.colormap,
         alpha=opts.alpha, format=opts.format, backend=args.backend, weights=args.weights, threads=args.threads,
         random_weights=args.random_weights, rollout=args.rollout, discard_ratio=args.discard_ratio,
-        head_fusion=args.head_fusion, contact_sheet=args.contact_sheet, gif=args.gif)
+        head_fusion=args.head_fusion, contact_sheet=args.contact_sheet, gif=args.gif, method=args.method,
+        target=args.target)
+    if result.verdict is not None:
+        from attnvis.relevance import verdict_line
+
+        print(verdict_line(result.verdict, result.labels))
+        print(f"wrote {len(result.files)} files to {args.output} [{result.provider}]")
+        return 0
     said = f" (predicted: {result.prediction})" if result.prediction else ""
     layers = f"{len(result.layers)} layer{'' if len(result.layers) == 1 else 's'}"
     print(f"wrote {len(result.files)} files for {layers} to {args.output} [{result.provider}]{said}")

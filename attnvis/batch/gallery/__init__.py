@@ -6,8 +6,9 @@ scripts: ``gallery/run.js`` (run facts) and ``gallery/page_NNNN.js`` (up to
 :data:`PAGE_SIZE` images each, loaded when their page is shown), each calling
 ``attnvisGallery.*``. A ``--save maps`` run's thumbnails are in its map store,
 not in files: a page script carries its images' thumbnails as ``data:`` URLs. The page shows thumbnails; clicking one opens its maps
-with buttons for layers, heads, overlay/heatmap and, for captioning models,
-the caption's words. The URL hash keeps the view (``#page=0&img=3&layer=1``),
+with buttons for layers, heads, overlay/heatmap, one per explanation method
+(``batch --method``: the relevance maps, beside the layers, and the predicted
+and explained classes) and, for captioning models, the caption's words. The URL hash keeps the view (``#page=0&img=3&layer=1``),
 so a view can be linked or opened by a test.
 
 When every ``<img>`` on screen has finished loading, ``<body>`` gets
@@ -25,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from attnvis.metadata import ModelMetadata
+from attnvis.relevance import labels_of
 
 PAGE_SIZE = 200
 GALLERY_DIR = "gallery"
@@ -41,6 +43,10 @@ def gallery_entry(record: dict, relative: "_Relative") -> dict:
                  maps=[[m["layer"], m.get("head"), m["overlay"], m["heatmap"], m.get("word")] for m in record.get("maps", [])])
     if record.get("words"):
         entry["words"] = record["words"]
+    explained = record.get("explained")
+    if explained:  # --method: [top-1 class, its probability, class explained]; the relevance files (images mode)
+        entry["verdict"] = [explained["prediction"], explained["probability"], explained["target"]]
+        entry["rel"] = [[f["method"], f["overlay"], f["heatmap"]] for f in explained.get("files") or ()]
     if record.get("head_grids") and record.get("source"):  # head previews drawn over the source image
         entry["grids"] = record["head_grids"]
         entry["src"] = relative(record["source"])
@@ -128,7 +134,7 @@ def write_gallery(root: str | Path, records: Sequence[dict], meta: ModelMetadata
         thumbs = [_with_maps(entry, r, store, where, relative) for entry, r in zip(entries, page)]
         write_bytes_atomic(root / GALLERY_DIR / f"page_{number:04d}.js", _page_script(number, entries, thumbs))
     run = {"title": title, "layers": [layer.name for layer in meta.layers], "pages": pages, "pageSize": PAGE_SIZE,
-           "total": len(records), "ok": ok, "failed": len(records) - ok, "classes": meta.extra.get("classes"),
+           "total": len(records), "ok": ok, "failed": len(records) - ok, "classes": labels_of(meta),
            "lut": colormap_table(colormap).tobytes().hex(), "alpha": alpha, "colormap": colormap, "maps": maps,
            "luts": {name: colormap_table(name).tobytes().hex() for name in COLORMAPS} if maps else None}
     write_bytes_atomic(root / GALLERY_DIR / "run.js", _script("run", run))

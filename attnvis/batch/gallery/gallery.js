@@ -1,5 +1,5 @@
 "use strict";
-const S = { page: 0, img: null, layer: null, head: null, view: "overlay", word: null, cmap: null, alpha: null, norm: "map" };
+const S = { page: 0, img: null, layer: null, head: null, view: "overlay", word: null, cmap: null, alpha: null, norm: "map", rel: null };
 const G = window.attnvisGallery = {
   info: null, pages: {},
   run(info) { this.info = info; },
@@ -14,6 +14,13 @@ const $ = (id) => document.getElementById(id);
 const url = (rel) => rel.split("/").map(encodeURIComponent).join("/");
 const el = (tag, props = {}, kids = []) => { const e = Object.assign(document.createElement(tag), props); e.append(...kids); return e; };
 const headName = (h) => (h === null || h === undefined ? "mean" : "head " + h);
+// batch --method: "circle (2), 91.2%" for the top-1 class, and the class explained
+const className = (c) => (G.info.classes && G.info.classes[c] !== undefined ? `${G.info.classes[c]} (${c})` : "class " + c);
+function predicted(entry) {
+  if (!entry.verdict) return entry.prediction || "";
+  const [top, p, target] = entry.verdict;
+  return `${className(top)}, ${(100 * p).toFixed(1)}%` + (target === top ? "" : ` · explained: ${className(target)}`);
+}
 
 function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
@@ -22,11 +29,13 @@ function readHash() {
   S.head = p.get("head") === null || p.get("head") === "mean" ? null : num("head");
   S.view = p.get("view") === "heatmap" ? "heatmap" : "overlay";
   S.cmap = p.get("cmap"); S.alpha = num("alpha"); S.norm = p.get("norm") === "image" ? "image" : "map";  // stored maps (maps.js)
+  S.rel = p.get("rel") || null;  // an explanation method's relevance map instead of a layer
 }
 function writeHash() {
   const parts = ["page=" + S.page];
   if (S.img !== null) parts.push("img=" + S.img, "layer=" + S.layer, "head=" + (S.head === null ? "mean" : S.head), "view=" + S.view);
   if (S.word !== null) parts.push("word=" + S.word);
+  if (S.img !== null && S.rel !== null) parts.push("rel=" + encodeURIComponent(S.rel));
   if (S.img !== null && S.cmap !== null) parts.push("cmap=" + S.cmap, "alpha=" + S.alpha, "norm=" + S.norm);
   history.replaceState(null, "", "#" + parts.join("&"));
 }
@@ -59,11 +68,11 @@ function card(entry, i) {
       el("figcaption", { textContent: entry.key })]);
   }
   const cap = el("figcaption", {}, [entry.key]);
-  if (entry.prediction) cap.append(el("br"), el("span", { className: "pred", textContent: entry.prediction }));
+  if (entry.prediction || entry.verdict) cap.append(el("br"), el("span", { className: "pred", textContent: predicted(entry) }));
   if (entry.words) cap.append(el("br"), el("span", { className: "pred", textContent: entry.words.join(" ") }));
   const thumb = entry.thumbData || (entry.thumb ? url(entry.thumb) : null); // thumbData: the store's, a data: URL
   const kids = thumb ? [el("img", { src: thumb, alt: entry.key })] : [];
-  return el("figure", { className: "card", onclick: () => go({ img: i, layer: null, head: null, word: null }) }, [...kids, cap]);
+  return el("figure", { className: "card", onclick: () => go({ img: i, layer: null, head: null, word: null, rel: null }) }, [...kids, cap]);
 }
 
 function pick(maps, key, want) {
@@ -76,6 +85,9 @@ function renderDetail(entries) {
   if (entry.m && G.info.maps && window.attnvisMaps) { // stored maps: drawn here, any layer, head, colormap, alpha
     box.replaceChildren(navBar(entry, entries), ...window.attnvisMaps.detail(entry, S, go)); box.hidden = false; return;
   }
+  const rels = entry.rel || [];  // batch --method: [method, overlay, heatmap] per method
+  if (S.rel === null && !entry.maps.length && rels.length) S.rel = rels[0][0];
+  if (S.rel !== null && !rels.some((r) => r[0] === S.rel)) S.rel = entry.maps.length || !rels.length ? null : rels[0][0];
   let maps = entry.maps.map((m) => ({ layer: m[0], head: m[1], overlay: m[2], heatmap: m[3], word: m[4] === undefined ? null : m[4] }));
   const word = pick(maps, "word", S.word); maps = maps.filter((m) => m.word === word.value);
   const layer = pick(maps, "layer", S.layer); maps = maps.filter((m) => m.layer === layer.value);
@@ -91,14 +103,17 @@ function renderDetail(entries) {
       el("button", { textContent: "◀ prev", disabled: S.img === 0, onclick: () => go({ img: S.img - 1 }) }),
       el("button", { textContent: "next ▶", disabled: S.img >= entries.length - 1, onclick: () => go({ img: S.img + 1 }) }),
       el("strong", { textContent: " " + entry.key }), el("span", { className: "muted", textContent: entry.size ? `  ${entry.size[1]}×${entry.size[0]}` : "" }),
-      el("span", { className: "pred", textContent: entry.prediction ? "  predicted: " + entry.prediction : "" })]),
+      el("span", { className: "pred", textContent: entry.prediction || entry.verdict ? "  predicted: " + predicted(entry) : "" })]),
   ];
   if (entry.words) kids.push(bar("word", word.values, word.value, (w) => entry.words[w] ?? String(w), (w) => ({ word: w })));
-  kids.push(bar("layer", layer.values, layer.value, (l) => `${l}: ${names[l] || ""}`, (l) => ({ layer: l })));
-  kids.push(bar("head", head.values, head.value, headName, (h) => ({ head: h })));
+  if (rels.length) kids.push(bar("explain", rels.map((r) => r[0]), S.rel, (m) => m, (m) => ({ rel: m })));
+  if (layer.values.length) kids.push(bar("layer", layer.values, S.rel === null ? layer.value : null, (l) => `${l}: ${names[l] || ""}`, (l) => ({ layer: l, rel: null })));
+  if (S.rel === null) kids.push(bar("head", head.values, head.value, headName, (h) => ({ head: h })));
   kids.push(bar("view", ["overlay", "heatmap"], S.view, (v) => v, (v) => ({ view: v })));
-  if (map) kids.push(el("img", { className: "main", src: url(map[S.view]), alt: map[S.view] }));
-  else kids.push(el("div", { className: "muted", textContent: "head preview drawn by the browser from the 8-bit head grid (no file rendered for this head)" }),
+  const rel = rels.find((r) => r[0] === S.rel);
+  if (rel) kids.push(el("img", { className: "main", src: url(rel[S.view === "heatmap" ? 2 : 1]), alt: rel[S.view === "heatmap" ? 2 : 1] }));
+  else if (map) kids.push(el("img", { className: "main", src: url(map[S.view]), alt: map[S.view] }));
+  else if (grids) kids.push(el("div", { className: "muted", textContent: "head preview drawn by the browser from the 8-bit head grid (no file rendered for this head)" }),
     ...preview(entry, grids[head.value], S.view));
   box.replaceChildren(...kids); box.hidden = false;
 }
@@ -108,7 +123,7 @@ function navBar(entry, entries) {
     el("button", { textContent: "◀ prev", disabled: S.img === 0, onclick: () => go({ img: S.img - 1 }) }),
     el("button", { textContent: "next ▶", disabled: S.img >= entries.length - 1, onclick: () => go({ img: S.img + 1 }) }),
     el("strong", { textContent: " " + entry.key }), el("span", { className: "muted", textContent: entry.size ? `  ${entry.size[1]}×${entry.size[0]}` : "" }),
-    el("span", { className: "pred", textContent: entry.prediction ? "  predicted: " + entry.prediction : "" })]);
+    el("span", { className: "pred", textContent: entry.prediction || entry.verdict ? "  predicted: " + predicted(entry) : "" })]);
 }
 function bilinear(g, gh, gw, h, w) {
   // (h, w) values from the (gh, gw) grid: half-pixel centres, clamped borders, as cv2.resize INTER_LINEAR

@@ -33,20 +33,28 @@
 
   // Layer l's grid [gh, gw] (l === layers: the rollout's); a Swin's layers differ by stage.
   const gridOf = (info, l) => (l < info.layers && info.grids ? info.grids[l] : info.grid);
-  // Where a row's maps start: every layer's, then every head's of each layer, then the rollout (maps.py).
+  // Where a row's maps start: every layer's, then every head's of each layer, then the rollout, then each
+  // explanation method's relevance map at the patch grid (maps.py).
   function offsets(info) {
     if (info.offsets) return info.offsets;
-    const hw = (l) => gridOf(info, l)[0] * gridOf(info, l)[1], layer = [], head = [];
+    const hw = (l) => gridOf(info, l)[0] * gridOf(info, l)[1], layer = [], head = [], rel = {};
     let at = 0;
     for (let l = 0; l < info.layers; l++) { layer.push(at); at += hw(l); }
     for (let l = 0; l < (info.heads || []).length; l++) { head.push(at); at += info.heads[l] * hw(l); }
-    return (info.offsets = { layer, head, rollout: at, perRow: at + (info.rollout ? hw(info.layers) : 0) });
+    const rollout = at;
+    at += info.rollout ? hw(info.layers) : 0;
+    for (const m of info.methods || []) { rel[m] = at; at += info.grid[0] * info.grid[1]; }
+    return (info.offsets = { layer, head, rollout, rel, perRow: at });
   }
   // The grid [gh * gw] of one map of a row: layer l (l === layers: the rollout), head h (null: the mean).
   function grid(info, data, base, l, h) {
     const o = offsets(info), [gh, gw] = gridOf(info, l), hw = gh * gw;
     const at = base + (l === info.layers ? o.rollout : h !== null ? o.head[l] + h * hw : o.layer[l]);
     return data.subarray(at, at + hw);
+  }
+  function relGrid(info, data, base, method) { // a method's relevance map, at the patch grid
+    const at = base + offsets(info).rel[method];
+    return data.subarray(at, at + info.grid[0] * info.grid[1]);
   }
   function taps(src, dst) { // attnvis.render._kernels.axis_coeffs
     const scale = 1 / (dst / src), i0 = new Int32Array(dst), i1 = new Int32Array(dst), w = new Float32Array(dst);
@@ -105,11 +113,12 @@
   }
 
   function draw(entry, data, base, S) {
-    const info = G.info.maps, [gh, gw] = gridOf(info, S.layer), [H0, W0] = entry.size, k = Math.min(1, MAX_SIDE / Math.max(H0, W0));
+    const info = G.info.maps, rel = S.rel !== null, [gh, gw] = rel ? info.grid : gridOf(info, S.layer);
+    const [H0, W0] = entry.size, k = Math.min(1, MAX_SIDE / Math.max(H0, W0));
     const H = Math.max(1, Math.round(H0 * k)), W = Math.max(1, Math.round(W0 * k));
-    const values = upsample(grid(info, data, base, S.layer, S.head), gh, gw, H, W);
+    const values = upsample(rel ? relGrid(info, data, base, S.rel) : grid(info, data, base, S.layer, S.head), gh, gw, H, W);
     let [lo, hi] = range(values);
-    if (S.norm === "image" && S.layer < info.layers) { // one range over every layer (attnvis.render.global_scale)
+    if (!rel && S.norm === "image" && S.layer < info.layers) { // one range over every layer (attnvis.render.global_scale)
       [lo, hi] = [Infinity, -Infinity];
       for (let l = 0; l < info.layers; l++) { const [a, b] = range(grid(info, data, base, l, S.head)); lo = Math.min(lo, a); hi = Math.max(hi, b); }
     }
@@ -130,9 +139,11 @@
     const info = G.info.maps, names = G.info.layers;
     const bar = (label, values, current, text, change) => el("div", { className: "bar" }, [el("b", { textContent: label }),
       ...values.map((v) => el("button", { textContent: text(v), className: v === current ? "on" : "", onclick: () => go(change(v)) }))]);
-    const layers = [...Array(info.layers).keys()].concat(info.rollout ? [info.layers] : []);
-    const kids = [bar("layer", layers, S.layer, (l) => (l === info.layers ? "rollout" : `${l}: ${names[l] || ""}`), (l) => ({ layer: l }))];
-    if (info.heads && S.layer < info.layers) {
+    const layers = [...Array(info.layers).keys()].concat(info.rollout ? [info.layers] : []), kids = [];
+    if ((info.methods || []).length) kids.push(bar("explain", info.methods, S.rel, (m) => m, (m) => ({ rel: m })));
+    if (layers.length) kids.push(bar("layer", layers, S.rel === null ? S.layer : null,
+      (l) => (l === info.layers ? "rollout" : `${l}: ${names[l] || ""}`), (l) => ({ layer: l, rel: null })));
+    if (info.heads && S.layer < info.layers && S.rel === null) {
       const heads = [null, ...Array(info.heads[S.layer]).keys()];
       kids.push(bar("head", heads, S.head, (h) => (h === null ? "mean" : "head " + h), (h) => ({ head: h })));
     }
@@ -141,9 +152,11 @@
     const alpha = el("input", { type: "range", min: 0, max: 1, step: 0.05, value: S.alpha, onchange: (e) => go({ alpha: +e.target.value }) });
     kids.push(el("div", { className: "bar" }, [el("b", { textContent: "colormap" }), cmap, el("b", { textContent: " alpha" }), alpha,
       el("span", { className: "muted", textContent: String(S.alpha) })]));
-    kids.push(bar("normalize", ["map", "image"], S.norm, (n) => (n === "map" ? "this map" : "all layers"), (n) => ({ norm: n })));
+    if (S.rel === null) kids.push(bar("normalize", ["map", "image"], S.norm, (n) => (n === "map" ? "this map" : "all layers"), (n) => ({ norm: n })));
     kids.push(bar("view", ["overlay", "heatmap"], S.view, (v) => v, (v) => ({ view: v })));
-    const file = (entry.maps || []).find((m) => m[0] === S.layer && m[1] === S.head && m[4] == null);
+    const relFile = (entry.rel || []).find((r) => r[0] === S.rel); // --save both: the method's rendered files
+    const file = S.rel !== null ? relFile && [null, null, relFile[1], relFile[2]]
+      : (entry.maps || []).find((m) => m[0] === S.layer && m[1] === S.head && m[4] == null);
     if (file) kids.push(el("div", { className: "bar" }, [el("a", { href: url(file[S.view === "heatmap" ? 3 : 2]), textContent: "rendered file" })]));
     return kids;
   }
@@ -153,6 +166,8 @@
     detail(entry, S, go) {
       const info = G.info.maps;
       S.layer = S.layer !== null && S.layer >= 0 && S.layer <= info.layers - (info.rollout ? 0 : 1) ? S.layer : info.layers - 1;
+      const methods = info.methods || [];
+      S.rel = methods.includes(S.rel) ? S.rel : info.layers ? null : methods[0] ?? null;
       S.head = info.heads && S.layer < info.layers && S.head !== null && S.head < info.heads[S.layer] ? S.head : null;
       S.cmap = S.cmap && G.info.luts[S.cmap] ? S.cmap : G.info.colormap;
       S.alpha = S.alpha !== null && S.alpha >= 0 && S.alpha <= 1 ? S.alpha : G.info.alpha;

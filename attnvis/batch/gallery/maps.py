@@ -3,7 +3,8 @@
 A page on ``file://`` cannot ``fetch``, so the maps travel as scripts:
 ``gallery/maps/part-NNNNNN_CCCC.js`` holds rows ``C·chunk … C·chunk + chunk - 1``
 of shard ``part-NNNNNN`` as base64 float32 (``[rows, floats per row]``: every
-layer's map, then every head's when stored, then the rollout when stored; each
+layer's map, then every head's when stored, then the rollout when stored, then
+each explanation method's relevance map (``batch --method``); each
 layer at its own grid, ``grids``, which differ between a Swin's stages),
 and calls ``attnvisGallery.maps(name, base64)``. A chunk is at most
 :data:`CHUNK_BYTES` of floats, so opening an image loads a few hundred KB
@@ -25,16 +26,19 @@ MAPS_DIR = "maps"
 
 def _floats_per_row(layout) -> int:
     sizes = [layout.layer_patches(i) for i in range(layout.layers)]  # windowed models: each stage's h·w
-    return sum(sizes) + sum(n * hw for n, hw in zip(layout.heads or (), sizes)) + (layout.patches if layout.rollout else 0)
+    return (sum(sizes) + sum(n * hw for n, hw in zip(layout.heads or (), sizes)) + (layout.patches if layout.rollout else 0)
+            + len(layout.methods) * layout.patches)
 
 
 def _rows(table, layout) -> np.ndarray:
     """A shard's rows as float32 [rows, floats per row], in the order the page reads them."""
     from attnvis.batch.store import _column
+    from attnvis.relevance import output_name
 
     parts = [_column(table, f"layer_{i}", layout.layer_patches(i)) for i in range(layout.layers)]
     parts += [_column(table, f"heads_{i}", n * layout.layer_patches(i)) for i, n in enumerate(layout.heads or ())]
     parts += [_column(table, "rollout", layout.patches)] if layout.rollout else []
+    parts += [_column(table, output_name(m), layout.patches) for m in layout.methods]
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype="<f4")
 
 
@@ -47,7 +51,7 @@ def _write_shard(store, number: int, chunk: int, folder: Path) -> None:
 
 
 def _write_groups(file, shard: Path, layout, chunk: int, folder: Path, write_bytes_atomic) -> None:
-    columns = [c for c in file.schema_arrow.names if c.startswith(("layer_", "heads_", "rollout"))]  # no thumbnails
+    columns = [c for c in file.schema_arrow.names if c.startswith(("layer_", "heads_", "rollout", "relevance_"))]
     first, pending, start = None, np.empty((0, _floats_per_row(layout)), "<f4"), 0
     for group in range(file.num_row_groups):
         pending = np.concatenate([pending, _rows(file.read_row_group(group, columns=columns), layout)])
@@ -89,5 +93,5 @@ def write_map_scripts(root: Path, gallery_dir: str):
             os.unlink(entry.path)
     info = {"layers": layout.layers, "grid": list(layout.grid), "heads": None if layout.heads is None else list(layout.heads),
             "grids": [list(layout.layer_grid(i)) for i in range(layout.layers)],  # per layer; the rollout's is "grid"
-            "rollout": layout.rollout, "chunk": chunk, "shards": names, "dir": f"{gallery_dir}/{MAPS_DIR}"}
+            "rollout": layout.rollout, "methods": list(layout.methods), "chunk": chunk, "shards": names, "dir": f"{gallery_dir}/{MAPS_DIR}"}
     return info, store
