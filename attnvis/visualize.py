@@ -386,6 +386,10 @@ def explain_image(model, image_path, out: Path, opts: VisualizeOptions, figures:
     index = resolve_target(target, explainer.labels, explainer.classes)
     session, layers = None, []
     if attention_asked(opts, figures):
+        if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):
+            raise InputError(f"--layer/--head/--no-avg-heads and the figures need attention maps, and the explain graph "
+                             f"{model} has none; give the model's spec (it is exported with and without --explain), "
+                             "or drop those flags")
         session = _session(model, device, session_args)
         layers = check_selection(session.metadata, opts)
         check_figures(figures, session.metadata)
