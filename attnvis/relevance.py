@@ -211,6 +211,32 @@ def relevance_files(verdict: Verdict, image: np.ndarray, methods: Sequence[str],
         yield heat_name, heatmap
 
 
+def encoded_relevance(key: str, verdict: Verdict, image: np.ndarray, methods: Sequence[str], options,
+                      ) -> tuple[list[tuple[str, bytes]], list[dict], np.ndarray]:
+    """One image's relevance files, encoded, for ``batch --save images``.
+
+    Args:
+        key: the image's folder under the output.
+        options: the :class:`attnvis.visualize.VisualizeOptions` (colormap, alpha, format).
+
+    Returns:
+        ((path, bytes) per file; ``{"method", "overlay", "heatmap"}`` per method for the manifest;
+        the first method's overlay, for the gallery thumbnail).
+    """
+    from attnvis.render.writers import encode_image
+
+    files, entries, first = [], [], None
+    named = relevance_files(verdict, image, methods, options.colormap, options.alpha, options.format, parallel=False,
+                            out=(np.empty_like(image), np.empty_like(image)))
+    for method in methods:
+        (over_name, overlay), (heat_name, heat) = next(named), next(named)
+        first = overlay.copy() if first is None else first
+        files += [(f"{key}/{over_name}", encode_image(overlay, options.format)),
+                  (f"{key}/{heat_name}", encode_image(heat, options.format))]
+        entries.append({"method": method, "overlay": files[-2][0], "heatmap": files[-1][0]})
+    return files, entries, first
+
+
 def require_grid(meta: ModelMetadata, name: str) -> None:
     """Explanations need a patch grid with a CLS row: one line for windowed or grid-less models."""
     if any(layer.window is not None for layer in meta.layers):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvis.relevance import Verdict, relevance_files
+from attnvis.relevance import Verdict, encoded_relevance
 from attnvis.visualize import VisualizeOptions, attention_asked, check_selection, layer_files
 from attnvis.batch.decode import DEFAULT_MAX_PIXELS, Decoded, decode, probe
 from attnvis.batch.inputs import Item
@@ -106,8 +106,8 @@ def make_plan(meta: ModelMetadata, options: VisualizeOptions, model: str | None,
         raise InputError("--store-heads adds per-head rows to the map store: give --save maps or --save both with it")
     if store_heads and meta.reduction != "none":
         raise InputError(f"--store-heads needs per-head maps, but this model was exported with --reduce {meta.reduction}")
-    return RenderPlan(options, layers, meta, model or "default", thumbs, save, store_heads, tuple(methods), target,
-                      attention)
+    return RenderPlan(options, layers, meta, model or "default", thumbs, save, store_heads, methods=tuple(methods),
+                      target=target, attention=attention)
 
 
 @dataclass
@@ -233,15 +233,9 @@ def render(key: str, image: np.ndarray, attn: list[np.ndarray], plan: RenderPlan
         maps.append({"layer": i, "head": h, "overlay": files[-2][0], "heatmap": files[-1][0]})
     out = Rendered(key, files, maps, tuple(int(s) for s in image.shape[:2]), prediction,
                    head_grids=gallery_grids(attn, plan), verdict=verdict)
-    if plan.methods:
-        named = relevance_files(verdict, image, plan.methods, opts.colormap, opts.alpha, opts.format, parallel=False,
-                                out=(np.empty_like(image), np.empty_like(image)))
-        for method in plan.methods:
-            (over_name, overlay), (heat_name, heat) = next(named), next(named)
-            last_overlay = overlay.copy() if method == plan.methods[0] else last_overlay  # the thumbnail's
-            files += [(f"{key}/{over_name}", encode_image(overlay, opts.format)),
-                      (f"{key}/{heat_name}", encode_image(heat, opts.format))]
-            out.relevance.append({"method": method, "overlay": files[-2][0], "heatmap": files[-1][0]})
+    if plan.methods:  # the relevance files after the layers'; the first method's overlay makes the thumbnail
+        encoded, out.relevance, last_overlay = encoded_relevance(key, verdict, image, plan.methods, opts)
+        files += encoded
     if opts.save_raw:
         for i in plan.layers:
             out.raw.append(f"{key}/attn_raw_layer_{i}.npy")
