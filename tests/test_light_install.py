@@ -41,6 +41,13 @@ def test_demo_visualize_and_batch_run_without_torch(tmp_path):
     (folder / "a.png").write_bytes(sample_image_path().read_bytes())
     run = attnvis(env, "batch", folder, "--output", tmp_path / "out", "--no-progress")
     assert run.returncode == 0, run.stderr
+    explained = attnvis(env, "demo", "--method", "gae,grad-rollout", "--output", tmp_path / "explain")
+    assert explained.returncode == 0, explained.stderr  # the shipped explain graph, on ONNX Runtime alone
+    assert sorted(p.name for p in (tmp_path / "explain").iterdir()) == [
+        "relevance_gae.png", "relevance_grad-rollout.png", "relevance_heatmap_gae.png", "relevance_heatmap_grad-rollout.png"]
+    maps = attnvis(env, "batch", folder, "--output", tmp_path / "maps", "--no-progress", "--method", "rollout",
+                   "--save", "maps")
+    assert maps.returncode == 0, maps.stderr
 
 
 @pytest.mark.parametrize("args", [
@@ -74,3 +81,28 @@ def test_shipped_default_onnx_equals_a_fresh_export(tmp_path):
     assert [o.name for o in runs[0].get_outputs()] == [o.name for o in runs[1].get_outputs()]
     for a, b in zip(*outputs):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_shipped_explain_graph_equals_a_fresh_export(tmp_path):
+    """The file in attnvis/models/assets is `attnvis export --model default --explain ...` of the shipped weights."""
+    import onnxruntime as ort
+
+    from attnvis.explain.trace import Options
+    from attnvis.export.explain import export_explain
+    from attnvis.models import default_explain_methods, default_explain_path
+    from attnvis.sources import default_source
+
+    methods = list(default_explain_methods())
+    assert {"attention", "rollout", "gae", "grad-rollout"} <= set(methods)
+    fresh = export_explain(default_source(), tmp_path / "fresh.onnx", methods, Options(), validate=False).path
+    metas = [ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(f)).metadata_props})
+             for f in (default_explain_path(), fresh)]
+    assert (metas[0].layers, metas[0].tokens, metas[0].explain, metas[0].labels) == \
+        (metas[1].layers, metas[1].tokens, metas[1].explain, metas[1].labels)
+    x = np.random.default_rng(0).standard_normal((3, 3, *metas[0].preprocess.size), dtype=np.float32)
+    target = np.array([-1, 0, 5], np.int64)
+    runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (default_explain_path(), fresh)]
+    outputs = [s.run(None, {s.get_inputs()[0].name: x, "target": target}) for s in runs]
+    assert [o.name for o in runs[0].get_outputs()] == [o.name for o in runs[1].get_outputs()]
+    for a, b in zip(*outputs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * max(float(np.abs(b).max()), 1e-6))
