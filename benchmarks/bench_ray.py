@@ -161,7 +161,7 @@ def stage_rates(paths: list[Path], model: str, batch_size: int, work: Path) -> d
     start = time.perf_counter()
     maps, predictions = [], []
     for i in range(0, len(decoded), batch_size):
-        m, p = infer(session, [d.tensor for d in decoded[i:i + batch_size]], batch_size)
+        m, p, _ = infer(session, [d.tensor for d in decoded[i:i + batch_size]], batch_size)
         maps += m
         predictions += p
     infer_s = time.perf_counter() - start
@@ -177,7 +177,7 @@ def stage_rates(paths: list[Path], model: str, batch_size: int, work: Path) -> d
 def _infer_one(session, item, plan, batch_size: int):
     from attnvis.batch.stages import decode_item, infer
 
-    maps, predictions = infer(session, [decode_item(item, plan, 10**9).tensor], batch_size)
+    maps, predictions, _ = infer(session, [decode_item(item, plan, 10**9).tensor], batch_size)
     return maps[0], predictions[0]
 
 

@@ -335,7 +335,7 @@ class DeviceFeed:
         from attnvis.batch._device_maps import reduce_batch
 
         if not self.reduce_maps:
-            maps, predictions = stages.infer_batch(session, x, n)
+            maps, predictions, _ = stages.infer_batch(session, x, n)
             return maps, predictions, [None] * n
         out = session.run(x, host_maps=False)
         rows, rollouts = reduce_batch(out, n, self.plan, self.device)
