@@ -245,7 +245,7 @@ def require_grid(meta: ModelMetadata, name: str) -> None:
         raise ModelError(f"--method: {name} has no patch grid (token layout {meta.tokens.kind!r}); nothing to paint")
 
 
-def open_explainer(model, methods: Sequence[str], *, device: str = "auto", backend: str = "ort",
+def open_explainer(model, methods: Sequence[str], *, device: str = "auto", backend: str | None = None,
                    weights: str | None = None, threads: int | None = None, random_weights: bool = False) -> Explainer:
     """An :class:`Explainer` for ``model``: an ``.onnx`` exported with ``--explain``, the embedded default
     model (its explain graph ships with the package: no PyTorch needed), a spec exported once and cached,
@@ -259,6 +259,7 @@ def open_explainer(model, methods: Sequence[str], *, device: str = "auto", backe
 
     name = str(model if model is not None else "default")
     is_module = model is not None and not isinstance(model, (str, Path))
+    backend = backend or ("torch" if is_module else "ort")  # an nn.Module runs eagerly unless ORT is asked for
     path = _graph_path(model, methods) if backend == "ort" and not is_module else None
     if path is not None:
         session = _onnx_session(path, name, device, threads)

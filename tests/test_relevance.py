@@ -167,3 +167,12 @@ def _absent() -> str:
     from attnvis.models import default_explain_methods
 
     return next((m for m in METHODS if m not in default_explain_methods()), "")
+
+
+def test_a_model_object_is_explained_eagerly(scene, tmp_path):
+    from attnvis.models.tiny import load_default_model
+
+    result = attnvis.visualize_attention_on_image(load_default_model(), scene, tmp_path / "m", method="gae")
+    assert result.provider.startswith("torch-")  # an nn.Module: the torch backend, as pytorch-grad-cam users expect
+    want = attnvis.explain(str(default_explain_path()), [str(scene)], method="gae").relevance[0]
+    np.testing.assert_allclose(result.verdict.relevance["gae"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -20,6 +20,8 @@ Shards are ``OUT/maps/part-NNNNNN.parquet``, one row per image:
 - ``rollout`` (fixed-size list of float32, h·w), when the model's maps are
   full self-attention: the same row of the attention rollout over all layers
   (:func:`attnvis.render.rollout.rollout_row`).
+- ``relevance_{method}``, ``target``, ``prediction``, ``probability`` with ``--method``
+  (:mod:`attnvis.batch._store_relevance`).
 - ``thumbnail`` (binary), with ``--save maps``: the gallery's JPEG of the
   image (the last layer's overlay, 192 px wide); ``--save both`` writes it as
   a file beside the image's other files instead.
