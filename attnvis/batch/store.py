@@ -230,7 +230,8 @@ def _describe(doc: dict | None) -> str:
     heads = "per-head rows" if doc.get("heads") else "head means"
     grid = "x".join(str(v) for v in doc.get("grid") or ())
     source = f"model {doc['source']!r}, " if doc.get("source") else ""
-    return f"{source}{doc.get('layers')} layers, grid {grid}, {heads}"
+    methods = f", relevance of {','.join(doc['methods'])}" if doc.get("methods") else ""
+    return f"{source}{doc.get('layers')} layers, grid {grid}, {heads}{methods}"
 
 
 # --------------------------------------------------------------------------- reading

@@ -190,3 +190,12 @@ def test_batch_refusals_are_one_line(case, folder, explain_onnx, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_a_store_of_other_methods_is_named(runs, folder, tmp_path):
+    shutil.copytree(runs / "maps", tmp_path / "out")
+    result = run_cli("batch", folder, "--output", tmp_path / "out", "--save", "maps", "--method", "rollout", "--target",
+                     "square", "--no-progress")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "relevance of gae,grad-rollout" in lines[0] and "relevance of rollout" in lines[0]
