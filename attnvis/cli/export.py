@@ -108,6 +108,7 @@ def run_explain(args: argparse.Namespace) -> int:
                          "in fp32")
     _file_output(args.output)
     source = load_source(args.model, weights=args.weights, random_weights=args.random_weights,
+                         input_shape=args.input_shape, tokens=_layout(args),
                          image_size=pair(args.image_size, "--image-size") if args.image_size else None,
                          mean=triple(args.mean, "--mean"), std=triple(args.std, "--std"))
     report = export_explain(source, args.output or "model.onnx", methods,
