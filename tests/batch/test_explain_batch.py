@@ -193,7 +193,7 @@ def test_batch_refusals_are_one_line(case, folder, explain_onnx, tmp_path):
 
 
 def test_a_store_of_other_methods_is_named(runs, folder, tmp_path):
-    shutil.copytree(runs / "maps", tmp_path / "out")
+    shutil.copytree(runs / "maps", tmp_path / "out", ignore=shutil.ignore_patterns(".attnvis-*"))  # no locks of other runs
     result = run_cli("batch", folder, "--output", tmp_path / "out", "--save", "maps", "--method", "rollout", "--target",
                      "square", "--no-progress")
     lines = result.stderr.strip().splitlines()
