@@ -16,7 +16,7 @@ the same map for the same images (checked: ORT equals eager within 1e-4 of the m
 
 Variants alternate within each round (A B C A B C …), after an untimed warm-up; each figure is the
 median over the rounds. Peak RSS (at N = 1,370, batch 8) is measured in a fresh process per graph
-(``ru_maxrss``): the explanation graph against the all-maps export (``attnvis export``, every
+(``VmHWM``): the explanation graph against the all-maps export (``attnvis export``, every
 ``attn_i`` as output) and the plain forward graph.
 """
 
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -176,7 +175,9 @@ def _rss_child(path: str, batch: int, explain: bool, threads: int) -> None:
     if explain:
         feeds["target"] = np.full(batch, -1, np.int64)
     session.run(None, feeds)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would report its parent's peak
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_mib": int(hwm.split()[1]) / 1024}))
 
 
 def peak_rss(folder: Path, batch: int, threads: int) -> dict:
