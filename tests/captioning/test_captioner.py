@@ -223,7 +223,7 @@ def test_visualize_cli_entry_point(tmp_path, capsys):
     args = argparse.Namespace(image=tmp_path / "img.png", model=tmp_path / "model.pth", infos_path=tmp_path / "infos.pkl",
                               output=tmp_path / "o", att_feats=tmp_path / "feat.npz", boxes=tmp_path / "boxes.npy",
                               backbone_weights=None, beam_size=2, head=1, layer=3, save_raw=False, colormap="jet",
-                              alpha=0.4, device="auto", backend="torch")
+                              alpha=0.4, device="auto", backend="torch", prompt=None)
     assert cli_visualize.run_caption(args) == 0
     assert "caption:" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "o").glob("heatmap_layer_*")) == ["heatmap_layer_3_refiner_layers_3_self_attn.png"]
