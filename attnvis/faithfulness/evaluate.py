@@ -118,13 +118,9 @@ def _store(inputs: list[str]):
 
 
 def _stored_methods(store) -> list[str]:
-    found = ["attention"] + (["rollout"] if store.layout.rollout else [])
-    return found + [m for m in methods_mod.EXPLAIN_METHODS if m in _relevance_methods(store)]
-
-
-def _relevance_methods(store) -> list[str]:
-    names = getattr(store, "methods", None)
-    return list(names() if callable(names) else names or [])
+    layout = store.layout
+    found = (["attention"] if layout.layers else []) + (["rollout"] if layout.rollout else [])
+    return found + [m for m in methods_mod.EXPLAIN_METHODS if m in layout.methods]
 
 
 def _store_images(store, method_names: list[str], clf: Classifier) -> list[Image]:

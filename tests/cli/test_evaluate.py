@@ -110,6 +110,32 @@ def test_evaluate_a_batch_store(scenes, tmp_path):
     one_line_error(missing, "gae")
 
 
+def test_evaluate_a_store_of_explanations(scenes, tmp_path):
+    """A store written with ``batch --method`` is scored on its relevance maps: the same scores as the images'."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    batch = tmp_path / "out"
+    done = attnvis("batch", scenes, "--output", batch, "--save", "maps", "--method", "gae,grad-rollout",
+                   "--no-progress", "--no-gallery", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    metrics = ["--metrics", "relevance-mass,relevance-rank", "--boxes", scenes / "boxes.json", "--no-progress",
+               "--device", "cpu"]
+    stored = attnvis("evaluate", batch, "--output", tmp_path / "eval", *metrics)
+    assert stored.returncode == 0, stored.stderr
+    direct = attnvis("evaluate", scenes, "--methods", "gae,grad-rollout", "--output", tmp_path / "eval2", *metrics)
+    assert direct.returncode == 0, direct.stderr
+    table = pq.read_table(tmp_path / "eval" / "scores.parquet").to_pandas()
+    assert sorted(set(table["method"])) == ["attention", "gae", "grad-rollout", "rollout"]  # what the store holds
+    again = pq.read_table(tmp_path / "eval2" / "scores.parquet").to_pandas()
+    mine = table[table["method"].isin(["gae", "grad-rollout"])].sort_values(["method", "image"])
+    theirs = again.sort_values(["method", "image"])
+    assert len(mine) == len(theirs) == 6
+    for metric in ("relevance-mass", "relevance-rank"):
+        np.testing.assert_allclose(mine[metric].to_numpy(), theirs[metric].to_numpy(), atol=1e-5)
+    gae = mine[mine["method"] == "gae"]["relevance-mass"].to_numpy()
+    attention = table[table["method"] == "attention"].sort_values("image")["relevance-mass"].to_numpy()
+    assert not np.allclose(gae, attention)  # the relevance columns were read, not the layers
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--metrics", "deletion,accuracy"], ["unknown metric 'accuracy'", "deletion", "road"]),
     (["--methods", "attention,saliency"], ["unknown method 'saliency'", "rollout"]),
