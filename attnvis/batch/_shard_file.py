@@ -165,6 +165,25 @@ def damaged(path: Path, err: BaseException) -> DamagedShard:
                         f"it moves the shard aside ({path.name}{DAMAGED_SUFFIX}) and redoes its images", reason)
 
 
+def _native_file(handle):
+    """An Arrow file reading the open file ``handle`` (Linux: through ``/proc/self/fd``), else ``None``.
+
+    Read through the Python file object, every buffer is a Python object, and
+    Arrow's reading threads release some of them after a read has returned,
+    which takes the GIL: in a process that is exiting (an error line, then
+    the exit) the interpreter stops such a thread inside C++ and the process
+    aborts ("terminate called without an active exception"). An Arrow file
+    holds Arrow's own buffers. ``/proc/self/fd/N`` opens the file the
+    descriptor holds, even when its path names another file by now.
+    """
+    proc = f"/proc/self/fd/{handle.fileno()}"
+    if not os.path.exists(proc):
+        return None
+    import pyarrow as pa
+
+    return pa.OSFile(proc)
+
+
 class OpenShard:
     """``with OpenShard(path, ident) as file:`` a verified :class:`pyarrow.parquet.ParquetFile` of the shard.
 
@@ -179,7 +198,7 @@ class OpenShard:
     """
 
     def __init__(self, path: Path, ident: tuple | None = None):
-        self.path, self.want, self.ident, self.handle = Path(path), ident, None, None
+        self.path, self.want, self.ident, self.handle, self.native = Path(path), ident, None, None, None
 
     def __enter__(self):
         try:
@@ -193,17 +212,23 @@ class OpenShard:
             self.handle.close()
             raise ShardChanged(self._changed("rewritten"))
         try:
-            return _pq().ParquetFile(self.handle, page_checksum_verification=True)
+            self.native = _native_file(self.handle)
+            return _pq().ParquetFile(self.native or self.handle, page_checksum_verification=True)
         except BaseException as err:
-            self.handle.close()
+            self._close()
             raise self._translate(err) from None
 
     def __exit__(self, kind, err, tb) -> None:
-        self.handle.close()
+        self._close()
         if err is not None and not isinstance(err, InputError):
             translated = self._translate(err)
             if translated is not err:
                 raise translated from None
+
+    def _close(self) -> None:
+        if self.native is not None:
+            self.native.close()
+        self.handle.close()
 
     def _translate(self, err: BaseException) -> BaseException:
         import pyarrow as pa
