@@ -173,7 +173,8 @@ class EncoderGraph(nn.Module):
         return torch.stack(keys), torch.stack(values)
 
 
-def _trace(module: nn.Module, inputs: tuple, names_in, names_out, dynamic) -> onnx.ModelProto:
+def trace_graph(module: nn.Module, inputs: tuple, names_in, names_out, dynamic) -> onnx.ModelProto:
+    """``module`` exported by the dynamo exporter at :data:`OPSET`, weights inside, as a ModelProto."""
     with quiet_export(), torch.no_grad():
         program = torch.onnx.export(module.eval(), inputs, dynamo=True, opset_version=OPSET,
                                     input_names=list(names_in), output_names=list(names_out),
@@ -217,9 +218,9 @@ def export_hf_captioner(m: HFCaptionModel, output_dir: str | Path, validate: boo
     decoder = step_decoder(m)
     enc_in, dec_in = _examples(m, decoder)
     batch, rows, past = torch.export.Dim("batch"), torch.export.Dim("rows"), torch.export.Dim("past")
-    enc = _trace(EncoderGraph(m, decoder), enc_in, ["pixel_values"], ENCODER_OUTPUTS, ({0: batch},))
+    enc = trace_graph(EncoderGraph(m, decoder), enc_in, ["pixel_values"], ENCODER_OUTPUTS, ({0: batch},))
     kv, cross = {1: rows, 3: past}, {1: rows}
-    dec = _trace(decoder, dec_in, DECODER_INPUTS, DECODER_OUTPUTS, ({0: rows}, {0: rows}, kv, kv, cross, cross))
+    dec = trace_graph(decoder, dec_in, DECODER_INPUTS, DECODER_OUTPUTS, ({0: rows}, {0: rows}, kv, kv, cross, cross))
     layers, _, heads = dec_in[4].shape[:3]
     out = Path(output_dir)
     paths = [out / ENCODER_FILE, out / DECODER_FILE]

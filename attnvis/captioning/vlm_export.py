@@ -24,12 +24,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
+from attnvis.captioning.hf_export import trace_graph
 from attnvis.errors import ModelError
-from attnvis.export.onnx import quiet_export, save_model
+from attnvis.export.onnx import save_model
 from attnvis.metadata import ModelMetadata
 
 VISION_FILE = "vision.onnx"
@@ -37,7 +37,6 @@ STEP_FILE = "decoder_step.onnx"
 EMBED_FILE = "embed_tokens.npy"
 STEP_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "past_keys", "past_values")
 STEP_OUTPUTS = ("logits", "present_keys", "present_values", "attention")
-OPSET = 18
 #: Max abs difference allowed against PyTorch: logits, attention rows.
 TOLERANCE = {"logits": 1e-4, "attention": 1e-5}
 #: Language models whose decoder layers this step reproduces (Llama's layout: pre-norm, rotary, gated MLP).
@@ -113,14 +112,6 @@ def _mask(attention_mask: torch.Tensor, s: int, p: int, dtype) -> torch.Tensor:
     return torch.where(ok, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))
 
 
-def _trace(module: nn.Module, inputs: tuple, names_in, names_out, dynamic) -> onnx.ModelProto:
-    with quiet_export(), torch.no_grad():
-        program = torch.onnx.export(module.eval(), inputs, dynamo=True, opset_version=OPSET,
-                                    input_names=list(names_in), output_names=list(names_out),
-                                    dynamic_shapes=dynamic, external_data=False, verbose=False)
-    return program.model_proto
-
-
 def _step_examples(model: nn.Module, batch: int = 2, new: int = 3, past: int = 4, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     text = model.config.get_text_config()
@@ -147,10 +138,10 @@ def export_llava(model: nn.Module, pixel_shape: tuple[int, int], output_dir: str
     vision, step = VisionGraph(model), StepGraph(model)
     pixels = torch.randn(2, 3, *pixel_shape, generator=torch.Generator().manual_seed(0))
     batch, rows, total, new = (torch.export.Dim(n) for n in ("batch", "rows", "total", "new"))
-    vis = _trace(vision, (pixels,), ["pixel_values"], ["image_features"], ({0: batch},))
+    vis = trace_graph(vision, (pixels,), ["pixel_values"], ["image_features"], ({0: batch},))
     examples = _step_examples(model)
     kv = {1: rows, 3: total}
-    dec = _trace(step, examples, STEP_INPUTS, STEP_OUTPUTS,
+    dec = trace_graph(step, examples, STEP_INPUTS, STEP_OUTPUTS,
                  ({0: rows, 1: new}, {0: rows, 1: torch.export.Dim("keys")}, {0: rows, 1: new}, kv, kv))
     meta = ModelMetadata(layers=[], reduction="none", input_name="pixel_values", source="llava",
                          extra={"source_dir": source})
